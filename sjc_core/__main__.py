@@ -1,0 +1,5 @@
+"""``python -m sjc_core`` is the ``sjc`` command."""
+
+from sjc_core.cli import main
+
+main()

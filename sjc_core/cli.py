@@ -1,0 +1,59 @@
+"""The ``sjc`` command line: core commands plus commands contributed by plugins.
+
+Every :class:`~sjc_core.errors.SjcError` becomes one line per problem on stderr and exit
+code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+import typer
+
+from sjc_core.errors import SjcError
+
+# One module per command under sjc_core/commands; each defines NAME and `command`.
+CORE_COMMANDS = ["validate", "list_plugins"]
+
+
+def build_app() -> typer.Typer:
+    """The typer app with core commands and the plugins' extra commands."""
+    app = typer.Typer(
+        name="sjc",
+        help="Score Jacobian Chaining: lift pretrained 2D diffusion models to 3D.",
+        no_args_is_help=True,
+        pretty_exceptions_enable=False,
+        add_completion=False,
+    )
+    for module_name in CORE_COMMANDS:
+        module = importlib.import_module(f"sjc_core.commands.{module_name}")
+        app.command(module.NAME, help=module.command.__doc__)(module.command)
+    _add_plugin_commands(app)
+    return app
+
+
+def _add_plugin_commands(app: typer.Typer) -> None:
+    from sjc_core.commands.common import registry
+
+    manager = registry().manager
+    if manager is not None:
+        manager.hook.register_commands(cli=app)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    try:
+        app = build_app()
+        app()
+    except SjcError as exc:
+        for line in exc.problems or [str(exc)]:
+            print(f"error: {line}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,1 @@
+"""One module per `sjc` sub-command; each exposes `command`."""

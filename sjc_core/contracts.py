@@ -1,0 +1,116 @@
+"""The small typed contracts between the engine and its plugins.
+
+Plugins depend on these names only; the engine never imports a plugin module.
+Everything is in the variance-exploding (Karras/EDM) convention: ``x_sigma = x + sigma*n``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import torch
+
+
+@dataclass(frozen=True)
+class BuildContext:
+    """What a plugin factory may need besides its own options.
+
+    ``base_dir`` resolves relative paths in options (the recipe's folder).
+    ``channels`` and ``value_range`` describe the prior's images; fields read them to size
+    their feature grid and pick their default feature activation.
+    """
+
+    device: torch.device = torch.device("cpu")
+    base_dir: Path = Path(".")
+    channels: int | None = None
+    value_range: tuple[float, float] | None = None
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class View:
+    """A training or test camera as a prior sees it (for view-dependent conditioning).
+
+    ``label`` is one of ``front``, ``side``, ``back``, ``overhead`` (or None for test
+    views and 2D sampling); ``c2w`` is the 4x4 camera-to-world pose (OpenGL, y-up).
+    """
+
+    label: str | None = None
+    c2w: torch.Tensor | None = None
+    fov_deg: float | None = None
+
+
+@dataclass
+class RenderOutput:
+    """What a volume render returns.
+
+    ``image`` is [C, H, W]; ``depth`` and ``opacity`` are [H, W]. ``weights`` holds every
+    per-sample weight that can be non-zero (any shape); ``sample_count`` is the number of
+    samples the bundle had in total, so regularisers that average over all samples (the
+    reference's emptiness mean includes out-of-box zeros) use the right denominator.
+    """
+
+    image: torch.Tensor
+    depth: torch.Tensor
+    opacity: torch.Tensor
+    weights: torch.Tensor
+    sample_count: int
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+@runtime_checkable
+class Prior(Protocol):
+    """A denoiser D(x; sigma) ~ E[x | x_sigma] over images of a fixed size."""
+
+    channels: int
+    resolution: int
+    sigmas: torch.Tensor  # ascending discrete noise levels the model knows
+    value_range: tuple[float, float] | None  # (-1, 1) for pixels, None for latents
+
+    def condition(self, view: View | None) -> Any:
+        """Conditioning for a view (cached by the prior); None means unconditioned."""
+        ...
+
+    def denoise(self, x: torch.Tensor, sigma: torch.Tensor, cond: Any) -> torch.Tensor:
+        """D(x; sigma) for x [B, C, H, W]; sigma a scalar tensor or [B]."""
+        ...
+
+    def to_rgb(self, x: torch.Tensor) -> torch.Tensor:
+        """Pictures in [0, 1], [B, 3, H', W'] (decodes latents)."""
+        ...
+
+
+@runtime_checkable
+class Field(Protocol):
+    """A radiance field over the axis-aligned box ``aabb`` ([2, 3]: min row, max row)."""
+
+    aabb: torch.Tensor
+    step_size: float
+    weight_threshold: float
+
+    def density(self, points: torch.Tensor) -> torch.Tensor:
+        """Volume density sigma >= 0 at points [N, 3] -> [N]."""
+        ...
+
+    def features(self, points: torch.Tensor) -> torch.Tensor:
+        """Activated features (colour or latent) at points [N, 3] -> [N, C]."""
+        ...
+
+    def background(self, directions: torch.Tensor) -> torch.Tensor:
+        """Background features for unit ray directions [N, 3] -> [N, C]."""
+        ...
+
+    def param_groups(self, lr: float) -> list[dict[str, Any]]:
+        """Optimizer parameter groups with their own learning rates."""
+        ...
+
+
+@runtime_checkable
+class Loss(Protocol):
+    """A regulariser; its weight schedule lives inside it."""
+
+    def __call__(self, render: RenderOutput, progress: float) -> torch.Tensor:
+        """Weighted scalar loss for one render; ``progress`` runs over [0, 1)."""
+        ...

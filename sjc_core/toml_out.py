@@ -1,0 +1,62 @@
+"""Write plain data (dicts, lists, scalars) as TOML, for resolved recipes.
+
+tomllib only reads; the recipes we write are simple enough that a small emitter beats a
+dependency. ``None`` values are left out: TOML has no null, and leaving a key out restores
+its default.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+
+def dumps(data: dict[str, Any]) -> str:
+    """TOML text for ``data``: scalars first, then tables, then arrays of tables."""
+    lines: list[str] = []
+    _table(data, [], lines)
+    return "\n".join(lines).strip() + "\n"
+
+
+def _is_table_array(value: Any) -> bool:
+    return isinstance(value, list) and bool(value) and all(isinstance(v, dict) for v in value)
+
+
+def _table(data: dict[str, Any], path: list[str], lines: list[str]) -> None:
+    for key, value in data.items():
+        if value is None or isinstance(value, dict) or _is_table_array(value):
+            continue
+        lines.append(f"{_key(key)} = {_value(value)}")
+    for key, value in data.items():
+        if isinstance(value, dict):
+            lines.extend(["", f"[{'.'.join(_key(p) for p in [*path, key])}]"])
+            _table(value, [*path, key], lines)
+    for key, value in data.items():
+        if _is_table_array(value):
+            for item in value:
+                lines.extend(["", f"[[{'.'.join(_key(p) for p in [*path, key])}]]"])
+                _table(item, [*path, key], lines)
+
+
+def _key(key: str) -> str:
+    bare = key.replace("_", "").replace("-", "").isalnum() and key.isascii()
+    return key if bare else json.dumps(key)
+
+
+def _value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "nan"
+        if math.isinf(value):
+            return "inf" if value > 0 else "-inf"
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_value(v) for v in value if v is not None) + "]"
+    raise TypeError(f"cannot write {type(value).__name__} as TOML")
