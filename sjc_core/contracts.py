@@ -60,9 +60,30 @@ class RenderOutput:
     extras: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class CameraHint:
+    """Cameras a prior's own images were taken with (posed image sets).
+
+    Training with the data's radius and field of view avoids pulling renders toward the
+    wrong scale; the engine uses this when ``camera.follow_prior`` is true.
+    """
+
+    radius: float
+    fov_deg: float
+
+
 @runtime_checkable
 class Prior(Protocol):
-    """A denoiser D(x; sigma) ~ E[x | x_sigma] over images of a fixed size."""
+    """A denoiser D(x; sigma) ~ E[x | x_sigma] over images of a fixed size.
+
+    Optional attributes the engine reads with ``getattr``:
+
+    - ``default_sigma_range: tuple[float, float]`` -- the PAAS schedule's range when the
+      recipe gives none (default: the ladder without its 10 smallest and 30 largest values).
+    - ``render_resolution: int`` -- size to render at; the engine resizes bilinearly to
+      ``resolution`` before scoring, as the reference does for 256px pixel models.
+    - ``camera_hint: CameraHint | None`` -- radius and field of view of its own cameras.
+    """
 
     channels: int
     resolution: int
