@@ -1,0 +1,88 @@
+"""The centre-depth regulariser: the middle of the picture should be nearer than its border.
+
+With d = border_mean - centre_mean of the depth map (positive when the object sits in the
+middle in front of a far background), the intended loss is ``-weight * log(d)``. The
+reference writes ``-weight * log(centre - border)``, the log of a negative number in the
+case it wants: its value is NaN and only its gradient happens to be right. Here the loss is
+
+    -weight * log(d)                          for d >= epsilon
+    -weight * (log(epsilon) + (d - epsilon) / epsilon)   below epsilon
+
+i.e. the tangent line of -log at epsilon continues it linearly (C1: value and slope agree
+at epsilon). It is finite for every d, its gradient equals that of -weight * log(d) where
+d >= epsilon, and below epsilon it keeps pushing d up with the constant slope -weight/epsilon.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from sjc_core.contracts import BuildContext, RenderOutput
+from sjc_core.hookspecs import hookimpl
+
+
+class CenterDepthOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    weight: float = Field(10.0, ge=0, description="lambda (the reference's depth_weight; its prompts use 10 to 100)")
+    center_fraction: float = Field(
+        50 / 64, gt=0, lt=1, description="side of the centre window as a fraction of the image (50 of 64 pixels)"
+    )
+    epsilon: float = Field(
+        1e-3, gt=0, description="below this depth gap -log is continued by its tangent line (keeps the loss finite)"
+    )
+
+
+def center_mask(height: int, width: int, fraction: float) -> torch.Tensor:
+    """Boolean [H, W] mask of the centred window, ``round(fraction * side)`` pixels a side.
+
+    For 64x64 and 50/64 this is rows and columns 7..56, the reference's ``depth[7:-7, 7:-7]``.
+    """
+    mask = torch.zeros(height, width, dtype=torch.bool)
+    ch = max(1, min(height - 1, round(fraction * height)))
+    cw = max(1, min(width - 1, round(fraction * width)))
+    top, left = (height - ch) // 2, (width - cw) // 2
+    mask[top : top + ch, left : left + cw] = True
+    return mask
+
+
+def log_barrier(gap: torch.Tensor, epsilon: float) -> torch.Tensor:
+    """-log(gap) for gap >= epsilon, its tangent line below (finite, C1)."""
+    safe = torch.clamp(gap, min=epsilon)  # keeps the unused branch's gradient finite
+    linear = -(math.log(epsilon) + (gap - epsilon) / epsilon)
+    return torch.where(gap >= epsilon, -torch.log(safe), linear)
+
+
+class CenterDepthLoss:
+    def __init__(self, options: CenterDepthOptions) -> None:
+        self.options = options
+
+    def gap(self, depth: torch.Tensor) -> torch.Tensor:
+        """border mean - centre mean of a depth map [H, W]."""
+        mask = center_mask(depth.shape[-2], depth.shape[-1], self.options.center_fraction).to(depth.device)
+        centre = depth[mask].mean()
+        border = depth[~mask].mean()
+        return border - centre
+
+    def __call__(self, render: RenderOutput, progress: float) -> torch.Tensor:
+        depth = render.depth
+        if depth.ndim != 2:
+            depth = depth.reshape(depth.shape[-2], depth.shape[-1])
+        return self.options.weight * log_barrier(self.gap(depth), self.options.epsilon)
+
+
+def build_center_depth(options: CenterDepthOptions, ctx: BuildContext) -> CenterDepthLoss:
+    return CenterDepthLoss(options)
+
+
+@hookimpl
+def register_losses(register) -> None:  # type: ignore[no-untyped-def]
+    register(
+        name="center-depth",
+        factory=build_center_depth,
+        description="Keep the object centred: the depth map's centre should be nearer than its border",
+        options=CenterDepthOptions,
+    )
