@@ -1,0 +1,90 @@
+"""``sjc render``: re-render a run's turntable from its checkpoint, or its HD final videos."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+NAME = "render"
+
+
+def command(
+    run_dir: Annotated[Path, typer.Argument(help="a run folder written by `sjc run`")],
+    frames: Annotated[
+        Optional[int], typer.Option(min=1, help="frames of the video (default: the recipe's; 140 with --hd)")
+    ] = None,
+    subpixel: Annotated[
+        Optional[int], typer.Option(min=1, max=8, help="f x f rays per pixel (default 1; 4 with --hd)")
+    ] = None,
+    out: Annotated[
+        Optional[Path],
+        typer.Option(help="video path (default: RUN_DIR/render/turntable.mp4); with --hd a folder (RUN_DIR/render/hd)"),
+    ] = None,
+    hd: Annotated[
+        bool, typer.Option("--hd", help="final high-resolution videos: subpixel render, downsample, decode in chunks")
+    ] = False,
+    resolution: Annotated[
+        int, typer.Option(min=8, max=1024, help="--hd: size of the image fed to the decoder (SD decodes 128 to 1024px)")
+    ] = 128,
+    fps: Annotated[Optional[int], typer.Option(min=1, help="frames per second (default: the recipe's camera.fps)")] = None,
+    skip: Annotated[
+        float, typer.Option(min=0.0, max=0.9, help="--hd: fraction of the spiral skipped at its overhead start")
+    ] = 0.3,
+    decode_batch: Annotated[int, typer.Option(min=1, help="--hd: frames decoded per decoder call")] = 1,
+    chunk_rays: Annotated[int, typer.Option(min=256, help="--hd: rays rendered at once (lower it to save memory)")] = 16384,
+) -> None:
+    """Render the turntable of a (finished or interrupted) run again, or with --hd its final high-resolution videos."""
+    from sjc_core import engine
+    from sjc_core.checkpoint import load_checkpoint
+    from sjc_core.commands.common import registry
+    from sjc_core.errors import SjcError
+    from sjc_core.progress import Progress
+    from sjc_core.recipe import load_recipe
+
+    folder = engine.RunFolder(run_dir)
+    if not folder.recipe.exists():
+        raise SjcError(f"{run_dir}: not a run folder (no recipe.toml)")
+    if not folder.checkpoint.exists():
+        raise SjcError(f"{run_dir}: no checkpoint yet ({folder.checkpoint} is missing)")
+    recipe = load_recipe(folder.recipe, registry())
+    parts = engine.build_components(recipe, engine.resolve_device(recipe.settings.device))
+    snapshot = load_checkpoint(folder.checkpoint)
+    parts.field.load_state_dict(snapshot.field_state)
+    plan = engine.camera_plan(recipe, parts.prior)
+
+    if hd:
+        from sjc_core.hd_render import HdOptions, render_hd
+
+        options = HdOptions(
+            frames=frames or HdOptions.frames,
+            subpixel=subpixel or HdOptions.subpixel,
+            resolution=resolution,
+            fps=fps,
+            skip_fraction=skip,
+            decode_batch=decode_batch,
+            chunk_rays=chunk_rays,
+        )
+        bar = Progress(options.frames, label="render --hd ")
+        result = render_hd(parts, recipe, plan, out or folder.root / "render" / "hd", options,
+                           on_frame=lambda i, n: bar.update(i))
+        bar.close()
+        height, width = result.frame_size
+        typer.echo(
+            f"wrote {result.image_video} and {result.depth_video} "
+            f"({result.frame_count} frames of {width}x{height}, checkpoint step {snapshot.step})"
+        )
+        return
+
+    bar = Progress(frames or recipe.settings.camera.test_frames, label="render ")
+    target = out or folder.root / "render" / "turntable.mp4"
+    if fps is not None:
+        camera = recipe.settings.camera.model_copy(update={"fps": fps})
+        recipe = replace(recipe, settings=recipe.settings.model_copy(update={"camera": camera}))
+    written, _ = engine.render_turntable(
+        parts, recipe, plan, target, frames=frames, subpixel=subpixel or 1, on_frame=lambda i, n: bar.update(i)
+    )
+    bar.close()
+    typer.echo(f"wrote {written} (checkpoint step {snapshot.step})")

@@ -1,0 +1,36 @@
+"""``sjc run``: train a recipe into a run folder, or continue one with ``--resume``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+NAME = "run"
+
+
+def command(
+    recipe: Annotated[Path, typer.Argument(help="TOML recipe")],
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="override a value: KEY=VALUE (repeatable)")] = None,
+    resume: Annotated[bool, typer.Option(help="continue the run from its last checkpoint")] = False,
+    run_dir: Annotated[Optional[Path], typer.Option(help="run folder (default: OUTPUT/NAME-seedSEED)")] = None,
+) -> None:
+    """Lift the recipe's 2D prior to a 3D field; writes views, checkpoints and a turntable."""
+    import sys
+
+    from sjc_core import engine
+    from sjc_core.commands.common import registry
+    from sjc_core.recipe import load_recipe
+
+    loaded = load_recipe(recipe, registry(), set_ or [])
+    folder = engine.RunFolder(run_dir or engine.default_run_dir(loaded))
+    if resume and folder.recipe.exists():
+        saved = load_recipe(folder.recipe, registry())
+        if saved.resolved() != loaded.resolved():
+            print(f"sjc: note: resuming with the run's own {folder.recipe}, which differs from {recipe}", file=sys.stderr)
+        loaded = saved
+    summary = engine.run(loaded, folder.root, resume=resume)
+    if summary.state == "interrupted":
+        raise typer.Exit(130)
+    typer.echo(f"{summary.state}: {summary.run_dir} (step {summary.step})")

@@ -1,0 +1,196 @@
+"""End-to-end checks of the chaining engine through the real CLI and plugins."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from sjc_core import engine
+from sjc_core.artifacts import read_video_frames, write_image
+from sjc_core.checkpoint import load_checkpoint
+from sjc_core.plugins import load_registry
+from sjc_core.recipe import load_recipe
+
+STEPS = 6
+
+
+def make_images(folder: Path, count: int = 5, size: int = 16) -> Path:
+    """A few distinct colour images: enough for the empirical prior to have a target."""
+    rng = np.random.default_rng(0)
+    folder.mkdir(parents=True, exist_ok=True)
+    for index in range(count):
+        base = rng.uniform(0, 1, size=3)
+        yy, xx = np.mgrid[0:size, 0:size] / size
+        image = np.clip(base[None, None, :] * (0.5 + 0.5 * np.stack([xx, yy, 1 - xx], -1)), 0, 1)
+        write_image(folder / f"img_{index}.png", (image * 255).astype(np.uint8))
+    return folder
+
+
+def write_recipe(tmp_path: Path, steps: int = STEPS, extra: str = "") -> Path:
+    images = make_images(tmp_path / "images")
+    recipe = tmp_path / "tiny.toml"
+    recipe.write_text(
+        f"""
+name = "tiny"
+seed = 3
+steps = {steps}
+lr = 0.05
+output = "{(tmp_path / 'runs').as_posix()}"
+device = "cpu"
+view_every = 2
+checkpoint_every = 2
+
+[prior]
+name = "empirical"
+images = "{images.as_posix()}"
+resolution = 16
+
+[field]
+name = "voxel"
+grid_size = 12
+
+[[losses]]
+name = "emptiness"
+weight = 10.0
+
+[[losses]]
+name = "center-depth"
+weight = 1.0
+
+[camera]
+test_frames = 4
+{extra}
+"""
+    )
+    return recipe
+
+
+def sjc(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "sjc_core", *args], capture_output=True, text=True, cwd=cwd, timeout=300
+    )
+
+
+def field_tensors(run_dir: Path) -> dict[str, torch.Tensor]:
+    return load_checkpoint(run_dir / "checkpoints" / "last.safetensors").field_state
+
+
+def test_cli_run_writes_every_artifact(tmp_path: Path) -> None:
+    recipe = write_recipe(tmp_path)
+    result = sjc("run", str(recipe))
+    assert result.returncode == 0, result.stderr
+    run_dir = tmp_path / "runs" / "tiny-seed3"
+    assert "Traceback" not in result.stderr
+
+    resolved = load_recipe(run_dir / "recipe.toml", load_registry())
+    assert resolved.settings.steps == STEPS and resolved.prior.info.name == "empirical"
+
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == list(range(1, STEPS + 1))
+    for record in records:
+        assert set(record["terms"]) == {"emptiness", "center-depth", "paas"}
+        assert record["sigma"] > 0 and record["view"] in {"front", "side", "back", "overhead"}
+        assert set(record["seconds"]) == {"render", "prior", "backward", "optimizer"}
+
+    views = sorted(p.name for p in (run_dir / "views").glob("*.png"))
+    assert views == [f"step_{s:06d}.png" for s in (2, 4, 6)]
+
+    snapshot = load_checkpoint(run_dir / "checkpoints" / "last.safetensors")
+    assert snapshot.step == STEPS and snapshot.optimizer_state is not None
+    assert snapshot.numpy_state is not None and snapshot.torch_state is not None
+
+    frames = read_video_frames(run_dir / "final" / "turntable.mp4")
+    assert len(frames) == 4
+    assert (run_dir / "final" / "turntable_strip.png").exists()
+    status = json.loads((run_dir / "status.json").read_text())
+    assert status["state"] == "finished" and status["step"] == STEPS
+
+    # The same recipe and seed give the same field (CPU determinism).
+    again = sjc("run", str(recipe), "--run-dir", str(tmp_path / "again"))
+    assert again.returncode == 0, again.stderr
+    first, second = field_tensors(run_dir), field_tensors(tmp_path / "again")
+    assert all(torch.equal(first[k], second[k]) for k in first)
+
+    # A second run into the same folder is refused, and nothing there changes.
+    before = (run_dir / "checkpoints" / "last.safetensors").read_bytes()
+    refused = sjc("run", str(recipe))
+    assert refused.returncode == 2 and "already holds a run" in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1
+    assert (run_dir / "checkpoints" / "last.safetensors").read_bytes() == before
+
+    # `sjc render` re-renders from the checkpoint.
+    rendered = sjc("render", str(run_dir), "--frames", "3", "--subpixel", "2")
+    assert rendered.returncode == 0, rendered.stderr
+    assert len(read_video_frames(run_dir / "render" / "turntable.mp4")) == 3
+
+
+def test_sigint_checkpoints_and_resume_matches_uninterrupted(tmp_path: Path) -> None:
+    steps = 40
+    recipe = write_recipe(tmp_path, steps=steps)
+    straight = sjc("run", str(recipe), "--run-dir", str(tmp_path / "straight"))
+    assert straight.returncode == 0, straight.stderr
+
+    run_dir = tmp_path / "interrupted"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "sjc_core", "run", str(recipe), "--run-dir", str(run_dir)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    metrics = run_dir / "metrics.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (metrics.exists() and len(metrics.read_text().splitlines()) >= 3):
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr
+    assert "Traceback" not in stderr and "--resume" in stderr
+    status = json.loads((run_dir / "status.json").read_text())
+    assert status["state"] == "interrupted" and 3 <= status["step"] < steps
+    assert load_checkpoint(run_dir / "checkpoints" / "last.safetensors").step == status["step"]
+
+    resumed = sjc("run", str(recipe), "--run-dir", str(run_dir), "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    a, b = field_tensors(tmp_path / "straight"), field_tensors(run_dir)
+    assert all(torch.equal(a[k], b[k]) for k in a), "resumed run differs from the uninterrupted one"
+    steps_logged = [json.loads(l)["step"] for l in metrics.read_text().splitlines()]
+    assert steps_logged == list(range(1, steps + 1))
+
+
+def test_nan_stops_run_and_keeps_last_good_checkpoint(tmp_path: Path) -> None:
+    recipe = load_recipe(write_recipe(tmp_path, steps=8), load_registry())
+    parts = engine.build_components(recipe, torch.device("cpu"))
+
+    def explodes_late(render, progress: float) -> torch.Tensor:
+        value = render.opacity.mean()
+        return value * float("nan") if progress >= 0.5 else value * 0
+
+    parts.losses.append(("explodes", explodes_late))
+    run_dir = tmp_path / "nan"
+    with pytest.raises(engine.SjcError) as error:
+        engine.run(recipe, run_dir, parts=parts)
+    message = str(error.value)
+    assert "explodes" in message and "step 5" in message and "step 4" in message
+    assert load_checkpoint(run_dir / "checkpoints" / "last.safetensors").step == 4
+    assert json.loads((run_dir / "status.json").read_text())["state"] == "failed"
+
+
+def test_resume_without_run_is_a_clear_error(tmp_path: Path) -> None:
+    recipe = write_recipe(tmp_path)
+    result = sjc("run", str(recipe), "--resume", "--run-dir", str(tmp_path / "nowhere"))
+    assert result.returncode == 2
+    assert "nothing to resume" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_render_of_non_run_folder_is_a_clear_error(tmp_path: Path) -> None:
+    result = sjc("render", str(tmp_path))
+    assert result.returncode == 2 and "not a run folder" in result.stderr
