@@ -1,0 +1,315 @@
+"""What the diffusers-backed priors share: finding the weights, loading them, VP->VE maths.
+
+Finding weights. ``model`` is a local folder (absolute, or relative to the recipe's folder
+or the working directory) or a Hugging Face hub id. Hub downloads are OFF unless the
+recipe sets ``allow_download = true`` or the environment has ``SJC_ALLOW_DOWNLOAD=1``: with
+downloads off, a hub id must already be in the local cache, and a missing one fails in
+well under a second with one line -- before diffusers is even imported, and without the
+minutes of connection retries an offline ``from_pretrained`` would spend.
+
+VP->VE. A DDPM-family model knows ``alpha_bar_t``; its VE noise level is
+``sigma_t = sqrt((1 - alpha_bar_t) / alpha_bar_t)``, ascending with t, so the ladder index is
+the training timestep. The network sees ``x / sqrt(1 + sigma^2)`` at the snapped timestep
+and its prediction (epsilon, v or x0) becomes ``D = x - sigma * eps``.
+
+diffusers and transformers are imported lazily: listing plugins must stay fast.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import warnings
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from sjc_core.contracts import BuildContext
+from sjc_core.errors import SjcError
+from sjc_core.paas import vp_sigmas
+
+ALLOW_DOWNLOAD_ENV = "SJC_ALLOW_DOWNLOAD"
+PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
+DTypeName = Literal["auto", "float32", "float16", "bfloat16"]
+
+
+class HubOptions(BaseModel):
+    """Where the weights come from and how they are held; every diffusers prior has these."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(..., min_length=1, description="hub id or local diffusers folder")
+    revision: str | None = Field(None, description="hub revision (branch, tag or commit); default: main")
+    variant: str | None = Field(None, description="weight variant, e.g. 'fp16' (files named *.fp16.safetensors)")
+    dtype: DTypeName = Field("auto", description="network precision; auto: float16 on CUDA, float32 on CPU")
+    allow_download: bool = Field(
+        False, description=f"fetch missing weights from the hub (also enabled by {ALLOW_DOWNLOAD_ENV}=1)"
+    )
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """A resolved ``model`` option: what to pass to ``from_pretrained`` and how."""
+
+    ref: str  # absolute folder path, or hub id
+    local_folder: bool
+    local_files_only: bool
+    revision: str | None
+    variant: str | None
+
+    def has_file(self, relative: str) -> bool:
+        """Whether ``relative`` exists in the folder or the hub cache (never asks the network)."""
+        if self.local_folder:
+            return (Path(self.ref) / relative).is_file()
+        return _cached_file(self.ref, relative, self.revision) is not None
+
+
+def downloads_allowed(option: bool) -> bool:
+    return option or os.environ.get(ALLOW_DOWNLOAD_ENV, "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def _looks_like_path(model: str) -> bool:
+    """Hub ids are 'name' or 'owner/name'; anything else with a separator is meant as a path."""
+    return (
+        model.startswith((".", "/", "~", "\\"))
+        or model.count("/") > 1
+        or "\\" in model
+        or (len(model) > 1 and model[1] == ":")  # a Windows drive
+    )
+
+
+def _cached_file(repo_id: str, filename: str, revision: str | None) -> str | None:
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        found = try_to_load_from_cache(repo_id, filename, revision=revision)
+    except Exception:  # an invalid repo id or revision cannot be in the cache
+        return None
+    return found if isinstance(found, str) else None
+
+
+def hub_cache_dir() -> str:
+    from huggingface_hub import constants
+
+    return str(constants.HF_HUB_CACHE)
+
+
+def resolve_source(options: HubOptions, ctx: BuildContext, probes: Sequence[str]) -> ModelSource:
+    """Turn ``options.model`` into a folder or a usable hub id, or fail fast with one line.
+
+    ``probes`` are files (any one suffices) whose presence in the hub cache means the
+    model was downloaded before, e.g. ``unet/config.json``.
+    """
+    model = options.model.strip()
+    path = Path(model).expanduser()
+    candidates = [path] if path.is_absolute() else [Path(ctx.base_dir) / path, path]
+    for candidate in candidates:
+        if candidate.is_dir():
+            return ModelSource(str(candidate.resolve()), True, True, options.revision, options.variant)
+        if candidate.is_file():
+            raise SjcError(
+                f"prior.model: '{candidate}' is a file; a diffusers folder is needed (a single-file "
+                "checkpoint converts with diffusers: Pipeline.from_single_file(path).save_pretrained(folder))"
+            )
+    if _looks_like_path(model):
+        looked = " or ".join(f"'{c}'" for c in candidates)
+        raise SjcError(f"prior.model: folder {looked} does not exist")
+    allow = downloads_allowed(options.allow_download)
+    source = ModelSource(model, False, not allow, options.revision, options.variant)
+    if not allow and not any(source.has_file(probe) for probe in probes):
+        revision = f" (revision {options.revision})" if options.revision else ""
+        raise SjcError(
+            f"prior.model: '{model}'{revision} is not in the local Hugging Face cache ({hub_cache_dir()}) "
+            f"and hub downloads are off; point prior.model at a local diffusers folder, or set "
+            f"prior.allow_download = true (or {ALLOW_DOWNLOAD_ENV}=1) on a machine that can reach the hub"
+        )
+    return source
+
+
+def first_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0]
+
+
+def loading_error(source: ModelSource, subfolder: str | None, what: str, exc: BaseException) -> SjcError:
+    """One line naming the model, the part that failed and why (a network hint when downloading)."""
+    where = f"{source.ref}/{subfolder}" if subfolder else source.ref
+    hint = ""
+    if not source.local_folder and not source.local_files_only:
+        hint = " (downloads are on: check the hub id and that huggingface.co, or HF_ENDPOINT, is reachable)"
+    return SjcError(f"prior.model: cannot load the {what} from '{where}': {first_line(exc)}{hint}")
+
+
+@contextlib.contextmanager
+def quiet_loading(hide_bars: bool = True) -> Iterator[None]:
+    """Silence library chatter while loading (missing accelerate, deprecations, weight-loading bars).
+
+    ``hide_bars=False`` when downloading: a user fetching gigabytes wants to see progress.
+    """
+    from transformers.utils import logging as transformers_logging
+
+    names = ("diffusers", "transformers", "huggingface_hub")
+    loggers = [logging.getLogger(name) for name in names]
+    levels = [logger.level for logger in loggers]
+    transformer_bars = hide_bars and transformers_logging.is_progress_bar_enabled()
+    if transformer_bars:
+        transformers_logging.disable_progress_bar()
+    try:
+        for logger in loggers:
+            logger.setLevel(logging.ERROR)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
+        if transformer_bars:
+            transformers_logging.enable_progress_bar()
+
+
+def load_pretrained(
+    cls: Any, source: ModelSource, subfolder: str | None, what: str, weights: bool = True, **extra: Any
+) -> Any:
+    """``cls.from_pretrained`` on the source, with every loading failure turned into one line.
+
+    ``weights=False`` for tokenizers, which take no ``variant``; ``extra`` goes to
+    ``from_pretrained`` as is (the precision: ``torch_dtype`` for diffusers, ``dtype`` for
+    transformers).
+    """
+    kwargs: dict[str, Any] = {"revision": source.revision, "local_files_only": source.local_files_only, **extra}
+    if subfolder:
+        kwargs["subfolder"] = subfolder
+    if weights and source.variant:
+        kwargs["variant"] = source.variant
+    try:
+        with quiet_loading(hide_bars=source.local_files_only):
+            return cls.from_pretrained(source.ref, **kwargs)
+    except SjcError:
+        raise
+    except Exception as exc:  # OSError, ValueError, hub errors, bad configs: all user-fixable
+        raise loading_error(source, subfolder, what, exc) from None
+
+
+def load_scheduler(source: ModelSource, subfolder: str | None) -> Any:
+    """The scheduler named by the folder's own config (its class decides betas and prediction type)."""
+    import diffusers
+
+    config = load_pretrained_config(source, subfolder)
+    name = config.get("_class_name", "")
+    cls = getattr(diffusers, name, None)
+    if cls is None or not hasattr(cls, "from_config"):
+        raise SjcError(f"prior.model: unknown scheduler class '{name}' in {source.ref}")
+    try:
+        with quiet_loading():
+            return cls.from_config(config)
+    except Exception as exc:
+        raise SjcError(f"prior.model: cannot build scheduler '{name}' from {source.ref}: {first_line(exc)}") from None
+
+
+def load_pretrained_config(source: ModelSource, subfolder: str | None) -> dict[str, Any]:
+    from diffusers import DDPMScheduler
+
+    kwargs: dict[str, Any] = {"revision": source.revision, "local_files_only": source.local_files_only}
+    if subfolder:
+        kwargs["subfolder"] = subfolder
+    try:
+        with quiet_loading():
+            return dict(DDPMScheduler.load_config(source.ref, **kwargs))
+    except Exception as exc:
+        raise loading_error(source, subfolder, "scheduler config", exc) from None
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    if name == "auto":
+        return torch.float16 if torch.device(device).type == "cuda" else torch.float32
+    return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[name]
+
+
+def square_size(sample_size: Any, what: str) -> int:
+    """A model's ``sample_size`` as one int (priors score square images)."""
+    if isinstance(sample_size, (list, tuple)):
+        if len(set(sample_size)) != 1:
+            raise SjcError(f"prior.model: the {what} is not square (sample_size {list(sample_size)})")
+        sample_size = sample_size[0]
+    if not isinstance(sample_size, int) or sample_size <= 0:
+        raise SjcError(f"prior.model: the {what} has no usable sample_size ({sample_size!r})")
+    return sample_size
+
+
+def batch_sigma(sigma: torch.Tensor | float, batch: int) -> torch.Tensor:
+    """sigma as float64 [batch] on the CPU: accepts a float, a 0-d tensor, [B] or [B, 1, 1, 1]."""
+    flat = torch.as_tensor(sigma, dtype=torch.float64).detach().cpu().reshape(-1)
+    if flat.numel() == 1:
+        return flat.expand(batch).clone()
+    if flat.numel() != batch:
+        raise ValueError(f"sigma has {flat.numel()} values for a batch of {batch}")
+    return flat
+
+
+@dataclass(frozen=True)
+class VpLadder:
+    """A VP model's noise levels in VE form, indexed by training timestep (ascending).
+
+    ``sigmas`` is float64: near t = 0, ``1 - alpha_bar`` is tiny and float32 loses digits.
+    """
+
+    sigmas: torch.Tensor
+    prediction_type: str
+
+    @classmethod
+    def from_scheduler(cls, scheduler: Any, model_ref: str) -> "VpLadder":
+        table = getattr(scheduler, "alphas_cumprod", None)
+        if table is None:
+            raise SjcError(
+                f"prior.model: the scheduler of '{model_ref}' ({type(scheduler).__name__}) has no "
+                "alphas_cumprod table; a DDPM-family (VP) scheduler is needed"
+            )
+        kind = scheduler.config.get("prediction_type", "epsilon")
+        if kind not in PREDICTION_TYPES:
+            raise SjcError(
+                f"prior.model: prediction_type '{kind}' of '{model_ref}' is not supported "
+                f"(known: {', '.join(PREDICTION_TYPES)})"
+            )
+        try:
+            sigmas = vp_sigmas(table)
+        except ValueError as exc:
+            raise SjcError(f"prior.model: the noise schedule of '{model_ref}' is unusable: {exc}") from None
+        return cls(sigmas=sigmas, prediction_type=kind)
+
+    def snap(self, sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Nearest ladder tick of each sigma [B] (float64): (timesteps long [B], snapped sigmas float64 [B])."""
+        index = (sigma[:, None] - self.sigmas[None, :]).abs().argmin(dim=1)
+        return index, self.sigmas[index]
+
+    @staticmethod
+    def network_input(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        """The VP sample the network was trained on: x / sqrt(1 + sigma^2) (sigma [B])."""
+        scale = (1.0 / torch.sqrt(1.0 + sigma**2)).to(device=x.device, dtype=x.dtype)
+        return x * scale.view(-1, 1, 1, 1)
+
+    def denoised(self, x: torch.Tensor, sigma: torch.Tensor, prediction: torch.Tensor) -> torch.Tensor:
+        """D(x; sigma) from the network's prediction at the snapped sigma [B].
+
+        With a = sqrt(alpha_bar) = 1/sqrt(1+sigma^2) and b = sqrt(1-alpha_bar) = a*sigma, the
+        network input is a*x; v = a*eps - b*x0 gives eps = a*v + b*(a*x); an x0 prediction
+        gives eps = (a*x - a*x0) / b. Then D = x - sigma * eps.
+        """
+        s64 = sigma.to(torch.float64)
+        a64 = 1.0 / torch.sqrt(1.0 + s64**2)
+        shape = (-1, 1, 1, 1)
+        s = s64.to(device=x.device, dtype=x.dtype).view(shape)
+        a = a64.to(device=x.device, dtype=x.dtype).view(shape)
+        b = (a64 * s64).to(device=x.device, dtype=x.dtype).view(shape)
+        prediction = prediction.to(x.dtype)
+        if self.prediction_type == "epsilon":
+            eps = prediction
+        elif self.prediction_type == "v_prediction":
+            eps = a * prediction + b * (a * x)
+        else:  # "sample": the network predicts x0 directly
+            return prediction
+        return x - s * eps
