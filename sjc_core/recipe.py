@@ -16,7 +16,7 @@ import pydantic
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
 from sjc_core.errors import SjcError, did_you_mean
-from sjc_core.plugins import PluginInfo, Registry
+from sjc_core.plugins import SINGULAR, PluginInfo, Registry
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -148,21 +148,33 @@ def read_toml(path: Path) -> dict[str, Any]:
         raise SjcError(f"{path}: cannot read: {exc}") from None
 
 
-def load_recipe(path: str | Path, registry: Registry, overrides: list[str] | None = None) -> Recipe:
-    """Read, override and validate a recipe file."""
+def load_recipe(
+    path: str | Path, registry: Registry, overrides: list[str] | None = None, base_dir: Path | None = None
+) -> Recipe:
+    """Read, override and validate a recipe file.
+
+    Relative paths inside it resolve against ``base_dir``: by default the file's folder; a
+    run folder's saved copy passes the original recipe's folder instead.
+    """
     path = Path(path)
     raw = read_toml(path)
     for assignment in overrides or []:
         apply_override(raw, assignment)
-    return validate_recipe(raw, registry, base_dir=path.resolve().parent, source=str(path))
+    return validate_recipe(raw, registry, base_dir=base_dir or path.resolve().parent, source=str(path))
 
 
 def parse_value(text: str) -> Any:
-    """A TOML literal when the text is one (``50``, ``true``, ``[1, 2]``), else the string."""
+    """The value of ``--set KEY=TEXT``, typed by the recipe's models.
+
+    TOML arrays, inline tables and quoted strings are parsed (``[30, 60]``); any other text
+    is kept as typed and the model converts it, so ``12`` becomes an int for ``steps`` but
+    stays the string "12" for ``name``, and ``abc`` for ``steps`` is a validation error.
+    """
     try:
-        return tomllib.loads(f"v = {text}")["v"]
+        value = tomllib.loads(f"v = {text}")["v"]
     except tomllib.TOMLDecodeError:
         return text
+    return value if isinstance(value, (str, list, dict)) else text
 
 
 def apply_override(raw: dict[str, Any], assignment: str) -> None:
@@ -199,6 +211,8 @@ def _list_item(items: list[Any], part: str, where: str) -> dict[str, Any]:
         index = int(part)
         if index >= len(items):
             raise SjcError(f"--set {where}: the recipe has {len(items)} entries there")
+        if not isinstance(items[index], dict):
+            raise SjcError(f"--set {where}: is a value, not a table")
         return items[index]
     for item in items:
         if isinstance(item, dict) and item.get("name") == part:
@@ -243,7 +257,7 @@ def _validate_plugin(
     name = table.get("name")
     if not isinstance(name, str) or not name:
         known = ", ".join(registry.names(kind)) or "none installed"
-        problems.append(f"{where}.name: required: the {kind[:-1]} plugin to use (known: {known})")
+        problems.append(f"{where}.name: required: the {SINGULAR[kind]} plugin to use (known: {known})")
         return None
     try:
         info = registry.get(kind, name, where=f"{where}.name")

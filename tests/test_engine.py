@@ -51,7 +51,7 @@ checkpoint_every = 2
 
 [prior]
 name = "empirical"
-images = "{images.as_posix()}"
+images = "{images.name}"  # relative to the recipe: resume must still find it
 resolution = 16
 
 [field]

@@ -26,7 +26,7 @@ def command(
     loaded = load_recipe(recipe, registry(), set_ or [])
     folder = engine.RunFolder(run_dir or engine.default_run_dir(loaded))
     if resume and folder.recipe.exists():
-        saved = load_recipe(folder.recipe, registry())
+        saved = load_recipe(folder.recipe, registry(), base_dir=loaded.base_dir)
         if saved.resolved() != loaded.resolved():
             print(f"sjc: note: resuming with the run's own {folder.recipe}, which differs from {recipe}", file=sys.stderr)
         loaded = saved
