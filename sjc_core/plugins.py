@@ -22,6 +22,7 @@ from sjc_core import hookspecs
 from sjc_core.errors import SjcError, closest_first
 
 KINDS = ("priors", "fields", "losses")
+SINGULAR = {"priors": "prior", "fields": "field", "losses": "loss"}
 ENTRY_POINT_GROUP = "sjc"
 ENV_ALLOW = "SJC_PLUGINS"
 
@@ -78,7 +79,7 @@ class Registry:
             known = closest_first(name, self.names(kind))
             listing = ", ".join(known) if known else "none installed"
             prefix = f"{where}: " if where else ""
-            raise SjcError(f"{prefix}unknown {kind[:-1]} '{name}' (known: {listing})") from None
+            raise SjcError(f"{prefix}unknown {SINGULAR[kind]} '{name}' (known: {listing})") from None
 
 
 def _type_name(annotation: Any) -> str:
@@ -129,7 +130,7 @@ def load_registry(
     manager = pluggy.PluginManager(hookspecs.PROJECT)
     manager.add_hookspecs(hookspecs)
     registry = Registry(manager=manager)
-    origin: dict[str, tuple[str, str]] = {}
+    origin: dict[str, tuple[str, str, str]] = {}
     eps = entry_points if entry_points is not None else metadata.entry_points(group=ENTRY_POINT_GROUP)
     allow = _allow_list()
     for ep in sorted(eps, key=lambda e: e.name):
@@ -147,14 +148,29 @@ def load_registry(
         plugin_name = f"{dist}:{ep.name}"
         if manager.is_registered(module) or manager.has_plugin(plugin_name):
             continue
-        manager.register(module, name=plugin_name)
-        origin[plugin_name] = (dist, version)
+        try:
+            manager.register(module, name=plugin_name)
+        except pluggy.PluginValidationError as exc:  # e.g. a hook with unknown arguments
+            message = f"plugin '{ep.name}' ({dist}) is not a valid sjc plugin: {exc}"
+            registry.warnings.append(message)
+            warn(message.splitlines()[0])
+            continue
+        origin[plugin_name] = (dist, version, ep.value)
 
     for kind in KINDS:
         caller = getattr(manager.hook, f"register_{kind}")
         for impl in caller.get_hookimpls():
-            dist, version = origin.get(impl.plugin_name, ("unknown", ""))
-            impl.function(register=_registrar(registry, kind, dist, version, impl.plugin.__name__))
+            dist, version, module_name = origin.get(impl.plugin_name, ("unknown", "", impl.plugin_name))
+            register = _registrar(registry, kind, dist, version, module_name)
+            # pluggy lets an implementation take a subset of the spec's arguments.
+            try:
+                impl.function(**({"register": register} if "register" in impl.argnames else {}))
+            except SjcError:
+                raise
+            except Exception as exc:  # a buggy hook costs a warning, like a failed import
+                message = f"plugin '{impl.plugin_name}' failed to register {kind}: {type(exc).__name__}: {exc}"
+                registry.warnings.append(message)
+                warn(message.splitlines()[0])
     return registry
 
 
@@ -169,7 +185,7 @@ def _registrar(registry: Registry, kind: str, dist: str, version: str, module: s
         if key in registry.entries:
             first = registry.entries[key]
             raise SjcError(
-                f"{kind[:-1]} '{name}' is registered twice: by {first.distribution} "
+                f"{SINGULAR[kind]} '{name}' is registered twice: by {first.distribution} "
                 f"({first.module}) and by {dist} ({module}); uninstall one, or restrict "
                 f"plugins with {ENV_ALLOW}"
             )
