@@ -1,0 +1,434 @@
+"""Surface meshes from a radiance field: marching cubes on its density, coloured vertices.
+
+Geometry: the density is sampled on a regular lattice over the field's box (the voxel
+field's own grid when it has one), padded with one layer of empty space so every surface
+closes, and cut at a density ``threshold`` with scikit-image's marching cubes. By default
+the threshold is read off the renders: the median density at the points where camera rays
+from eight views around the object turn half opaque (SJC fields are soft, so no fixed
+level suits every run); ``ln 2 / voxel`` when no ray ends opaque.
+
+Colours, two ways (``colors="auto"`` picks by the prior):
+
+- ``features`` (pixel priors, whose field features are colours in the prior's value
+  range): the field's features half a voxel inside the surface, mapped to [0, 1].
+- ``views`` (latent priors such as Stable Diffusion, where a 4-channel latent has no
+  colour of its own): render a ring of views, decode each with the prior, project every
+  vertex into every view and average the decoded colour over the views that see it
+  (depth test against the rendered depth, weighted by how squarely the view faces the
+  surface). Vertices no view sees take the colour of the nearest vertex that was seen.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from sjc_core.errors import SjcError
+
+COLOR_MODES: tuple[str, ...] = ("auto", "features", "views", "none")
+MeshFormat = Literal["ply", "obj", "glb"]
+FORMATS: tuple[str, ...] = ("ply", "obj", "glb")
+
+
+@dataclass
+class DensityGrid:
+    """Density on a lattice: ``values[i, j, k]`` is at ``origin + (i, j, k) * spacing`` (x, y, z)."""
+
+    values: np.ndarray
+    origin: np.ndarray
+    spacing: np.ndarray
+    box: np.ndarray  # [2, 3]: the mesh is clipped to it
+
+
+@dataclass
+class MeshResult:
+    vertices: np.ndarray  # [V, 3] float, world coordinates (y up)
+    faces: np.ndarray  # [F, 3] int, counter-clockwise seen from outside
+    normals: np.ndarray  # [V, 3] outward unit normals
+    colors: np.ndarray | None  # [V, 3] uint8
+    threshold: float
+    density_range: tuple[float, float]
+
+
+def field_box(field: Any) -> np.ndarray:
+    """The field's aabb as float64 [2, 3] (min row, max row)."""
+    return torch.as_tensor(field.aabb).detach().double().cpu().numpy().reshape(2, 3)
+
+
+def native_voxel(field: Any, fallback: float) -> float:
+    """The voxel length the renderer assumes: twice its step (the voxel field's voxel)."""
+    step = getattr(field, "step_size", None)
+    return 2.0 * float(step) if step else fallback
+
+
+def default_threshold(voxel: float) -> float:
+    """Density at which a slab one voxel thick is half opaque: 1 - exp(-sigma * voxel) = 1/2."""
+    return math.log(2.0) / voxel
+
+
+@torch.no_grad()
+def surface_threshold(
+    field: Any, poses: list[np.ndarray], fov_deg: float = 60.0, size: int = 48, opaque: float = 0.9
+) -> float | None:
+    """The median density where camera rays turn half opaque, over the rays that end opaque.
+
+    SJC fields are soft: density often ramps up over several voxels and never reaches a
+    fixed level such as ``ln 2 / voxel``. The point where a ray's transmittance falls to 1/2
+    is where its render shows the surface, so cutting at the density found there puts the
+    mesh where the pictures put the object. None when no ray ends ``opaque``.
+    """
+    from sjc_core.cameras import intrinsics
+    from sjc_core.render import box_intersect, camera_rays
+
+    device = _field_device(field)
+    step = float(field.step_size)
+    K = intrinsics(fov_deg, size, size)
+    aabb = torch.as_tensor(field.aabb, dtype=torch.float32, device=device)
+    found = []
+    for c2w in poses:
+        ro, rd = camera_rays(K, c2w, size, size)
+        ro, rd = ro.to(device), rd.to(device)
+        t_min, t_max = box_intersect(ro, rd, aabb)
+        hit = t_max > t_min
+        if not bool(hit.any()):
+            continue
+        ro, rd, t_min, t_max = ro[hit], rd[hit], t_min[hit], t_max[hit]
+        k = int(math.ceil(float((t_max - t_min).max()) / step)) + 1
+        t = t_min[:, None] + step * torch.arange(k, device=device, dtype=torch.float32)[None, :]
+        inside = t < t_max[:, None]
+        points = ro[:, None, :] + rd[:, None, :] * t[..., None]
+        sigma = field.density(points.reshape(-1, 3)).reshape(t.shape) * inside
+        depth = torch.cumsum(sigma * step, dim=1)  # optical depth along each ray
+        ends_opaque = depth[:, -1] > -math.log(1.0 - opaque)
+        first = torch.argmax((depth >= math.log(2.0)).to(torch.int8), dim=1)
+        found.append(sigma[torch.arange(len(first), device=device), first][ends_opaque])
+    values = torch.cat(found) if found else torch.zeros(0)
+    return float(values.median()) if values.numel() else None
+
+
+@torch.no_grad()
+def density_grid(field: Any, resolution: int | None = None, chunk: int = 1 << 16) -> DensityGrid:
+    """Sample the field's density at voxel centres of a ``resolution``^3 lattice over its box.
+
+    Without ``resolution`` a field with ``density_volume()`` gives its own grid (exact, no
+    resampling); other fields are sampled at 128^3.
+    """
+    box = field_box(field)
+    extent = box[1] - box[0]
+    if resolution is None and callable(getattr(field, "density_volume", None)):
+        sigma, aabb = field.density_volume()
+        values = sigma.detach().float().cpu().numpy()
+        values = values.reshape(values.shape[-3:])  # [Z, Y, X]
+        values = np.ascontiguousarray(values.transpose(2, 1, 0))  # -> [X, Y, Z]
+        box = torch.as_tensor(aabb).detach().double().cpu().numpy().reshape(2, 3)
+        spacing = (box[1] - box[0]) / np.array(values.shape, dtype=np.float64)
+        return DensityGrid(values=values, origin=box[0] + spacing / 2, spacing=spacing, box=box)
+    n = int(resolution or 128)
+    spacing = extent / n
+    axes = [box[0, a] + (np.arange(n) + 0.5) * spacing[a] for a in range(3)]
+    points = np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1).reshape(-1, 3)
+    device = _field_device(field)
+    out = np.empty(points.shape[0], dtype=np.float32)
+    for start in range(0, points.shape[0], chunk):
+        batch = torch.as_tensor(points[start : start + chunk], dtype=torch.float32, device=device)
+        out[start : start + batch.shape[0]] = field.density(batch).reshape(-1).float().cpu().numpy()
+    return DensityGrid(values=out.reshape(n, n, n), origin=box[0] + spacing / 2, spacing=spacing, box=box)
+
+
+def marching_cubes(grid: DensityGrid, threshold: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Vertices, faces and outward normals of the ``threshold`` level set (closed surfaces).
+
+    Surfaces that reach the box's walls are closed by a layer of zero density outside it.
+    """
+    from skimage import measure
+
+    high = float(grid.values.max())
+    if not (0 < threshold < high):
+        raise SjcError(
+            f"threshold: {threshold:.4g} does not cut the density (max {high:.4g}); "
+            "pass a --threshold between 0 and that"
+        )
+    # One empty layer around the box closes surfaces that touch its walls.
+    padded = np.pad(grid.values.astype(np.float32), 1, mode="constant", constant_values=0.0)
+    verts, faces, normals, _ = measure.marching_cubes(
+        padded, level=threshold, spacing=tuple(float(s) for s in grid.spacing), gradient_direction="descent",
+        allow_degenerate=False,
+    )
+    # the closing layer lies half a voxel outside the box: flatten it onto the walls
+    verts = np.clip(verts + (grid.origin - grid.spacing)[None, :], grid.box[0], grid.box[1])
+    # skimage orders each triangle clockwise seen from the descent side; flip to CCW-outward.
+    faces = faces[:, ::-1].astype(np.int64)
+    return verts.astype(np.float64), faces, normals.astype(np.float64)
+
+
+def keep_largest(vertices: np.ndarray, faces: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The connected piece with the most faces (drops floaters); returns kept vertex indices too."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    edges = np.concatenate([faces[:, [0, 1]], faces[:, [1, 2]]])
+    graph = coo_matrix((np.ones(len(edges)), (edges[:, 0], edges[:, 1])), shape=(len(vertices),) * 2)
+    _, labels = connected_components(graph, directed=False)
+    face_labels = labels[faces[:, 0]]
+    biggest = np.bincount(face_labels).argmax()
+    kept_faces = faces[face_labels == biggest]
+    used = np.unique(kept_faces)
+    remap = np.full(len(vertices), -1, dtype=np.int64)
+    remap[used] = np.arange(len(used))
+    return vertices[used], remap[kept_faces], used
+
+
+def _field_device(field: Any) -> torch.device:
+    for tensor in list(field.parameters()) + list(field.buffers()) if isinstance(field, torch.nn.Module) else []:
+        return tensor.device
+    return torch.device("cpu")
+
+
+@torch.no_grad()
+def feature_colors(field: Any, vertices: np.ndarray, normals: np.ndarray, value_range: tuple[float, float],
+                   inset: float, chunk: int = 1 << 16) -> np.ndarray:
+    """Field features just inside the surface, mapped from ``value_range`` to uint8 colours."""
+    low, high = value_range
+    device = _field_device(field)
+    points = vertices - inset * normals
+    colors = []
+    for start in range(0, len(points), chunk):
+        batch = torch.as_tensor(points[start : start + chunk], dtype=torch.float32, device=device)
+        colors.append(field.features(batch)[:, :3].float().cpu().numpy())
+    rgb = (np.concatenate(colors) - low) / (high - low) if colors else np.zeros((0, 3))
+    return (np.clip(rgb, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+
+
+def color_views(radius: float, count: int) -> list[np.ndarray]:
+    """``count`` cameras around the object: two rings (15 and 50 degrees up) and one from above."""
+    from sjc_core.cameras import look_at
+
+    poses = []
+    low = max(1, (2 * (count - 1)) // 3)
+    high = max(0, count - 1 - low)
+    for ring, elevation in ((low, 15.0), (high, 50.0)):
+        for i in range(ring):
+            azimuth = 2 * math.pi * (i + 0.5 * (elevation > 20)) / ring
+            e = math.radians(elevation)
+            eye = radius * np.array([math.cos(e) * math.sin(azimuth), math.sin(e), math.cos(e) * math.cos(azimuth)])
+            poses.append(look_at(eye))
+    if count > len(poses):
+        poses.append(look_at(np.array([0.0, radius, 1e-3])))
+    return poses[:count]
+
+
+@torch.no_grad()
+def view_colors(
+    vertices: np.ndarray,
+    normals: np.ndarray,
+    render: Callable[[np.ndarray], tuple[torch.Tensor, torch.Tensor]],
+    poses: list[np.ndarray],
+    K: np.ndarray,
+    size: int,
+    tolerance: float,
+) -> np.ndarray:
+    """Average decoded colours of the views that see each vertex (see module docstring).
+
+    ``render(c2w) -> (rgb [3, h, w] in [0, 1], depth [size, size])``: a decoded picture of
+    any size covering the same view as the ``size`` x ``size`` depth map.
+    """
+    import torch.nn.functional as F
+
+    total = np.zeros((len(vertices), 3))
+    weight = np.zeros(len(vertices))
+    homo = np.concatenate([vertices, np.ones((len(vertices), 1))], axis=1)
+    for c2w in poses:
+        rgb, depth = render(c2w)
+        cam = homo @ np.linalg.inv(c2w).T  # camera space, looking along -z
+        proj = cam[:, :3] @ K.T
+        in_front = proj[:, 2] > 1e-6
+        uv = proj[:, :2] / np.where(in_front, proj[:, 2], 1.0)[:, None]
+        # grid_sample coordinates (align_corners=False): pixel centre c -> (c + 0.5) / size * 2 - 1
+        grid = torch.as_tensor((uv + 0.5) / size * 2 - 1, dtype=torch.float32)[None, None]
+        seen_depth = F.grid_sample(depth[None, None].float().cpu(), grid, mode="bilinear", padding_mode="border",
+                                   align_corners=False)[0, 0, 0].numpy()
+        colour = F.grid_sample(rgb[None].float().cpu(), grid, mode="bilinear", padding_mode="border",
+                               align_corners=False)[0, :, 0].numpy().T
+        distance = np.linalg.norm(vertices - c2w[:3, 3], axis=1)
+        to_camera = (c2w[:3, 3] - vertices) / np.maximum(distance, 1e-9)[:, None]
+        facing = np.einsum("ij,ij->i", normals, to_camera)
+        inside = (np.abs(grid[0, 0].numpy()) <= 1).all(axis=1)
+        # two-sided: at silhouettes the depth blends in the far background and the test fails,
+        # which keeps background colour out of the average
+        visible = in_front & inside & (facing > 0) & (np.abs(distance - seen_depth) <= tolerance)
+        w = np.where(visible, facing**2, 0.0)
+        total += w[:, None] * colour
+        weight += w
+    seen = weight > 0
+    colors = np.full((len(vertices), 3), 0.5)
+    colors[seen] = total[seen] / weight[seen, None]
+    if seen.any() and not seen.all():
+        from scipy.spatial import cKDTree
+
+        _, nearest = cKDTree(vertices[seen]).query(vertices[~seen])
+        colors[~seen] = colors[seen][nearest]
+    return (np.clip(colors, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+
+
+def extract_mesh(field: Any, threshold: float | None = None, resolution: int | None = None,
+                 largest_only: bool = False, probe_radius: float = 1.5) -> MeshResult:
+    """Geometry only: sample, cut, orient (colours are added by the caller).
+
+    Without ``threshold`` the level is :func:`surface_threshold` seen from eight cameras at
+    ``probe_radius`` (falling back to ``ln 2 / voxel`` when no ray ends opaque).
+    """
+    grid = density_grid(field, resolution)
+    level = threshold
+    if level is None:
+        level = surface_threshold(field, color_views(probe_radius, 8))
+    if level is None:
+        level = default_threshold(native_voxel(field, float(grid.spacing.mean())))
+    vertices, faces, normals = marching_cubes(grid, float(level))
+    if largest_only and len(faces):
+        vertices, faces, used = keep_largest(vertices, faces)
+        normals = normals[used]
+    if len(faces) == 0:
+        raise SjcError(f"threshold: {level:.4g} leaves no surface; lower --threshold")
+    return MeshResult(vertices, faces, normals, None, float(level),
+                      (float(grid.values.min()), float(grid.values.max())))
+
+
+def to_trimesh(result: MeshResult) -> Any:
+    import trimesh
+
+    colors = None
+    if result.colors is not None:
+        colors = np.concatenate([result.colors, np.full((len(result.colors), 1), 255, np.uint8)], axis=1)
+    return trimesh.Trimesh(vertices=result.vertices, faces=result.faces, vertex_normals=result.normals,
+                           vertex_colors=colors, process=False)
+
+
+def write_mesh(result: MeshResult, path: Path, fmt: MeshFormat) -> Path:
+    """Write PLY (binary), OBJ (with per-vertex colours) or GLB, atomically."""
+    from sjc_core.artifacts import atomic_path
+
+    mesh = to_trimesh(result)
+    if fmt == "obj":
+        data: bytes | str = mesh.export(file_type="obj", include_color=result.colors is not None,
+                                        include_normals=True)
+    else:
+        data = mesh.export(file_type=fmt)
+    with atomic_path(path) as tmp:
+        if isinstance(data, str):
+            tmp.write_text(data, encoding="utf-8")
+        else:
+            tmp.write_bytes(data)
+    return path
+
+
+def _decoded_view_renderer(parts: Any, plan: Any, fov_deg: float) -> Callable[[np.ndarray], tuple[torch.Tensor, torch.Tensor]]:
+    """``render(c2w) -> (decoded rgb [3, h, w], depth [size, size])`` at the training render size."""
+    import torch.nn.functional as F
+
+    from sjc_core.cameras import intrinsics
+    from sjc_core.render import render_view
+
+    size = plan.render_size
+    K = intrinsics(fov_deg, size, size)
+
+    @torch.no_grad()
+    def render(c2w: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        out = render_view(parts.field, K, c2w, size, size)
+        image = out.image[None]
+        if size != parts.prior.resolution:
+            image = F.interpolate(image, size=(parts.prior.resolution,) * 2, mode="bilinear", align_corners=False)
+        return parts.prior.to_rgb(image)[0].float().cpu(), out.depth.float().cpu()
+
+    return render
+
+
+def export_run_mesh(
+    run_dir: Path,
+    threshold: float | None = None,
+    resolution: int | None = None,
+    fmt: str | None = None,
+    out: Path | None = None,
+    colors: str = "auto",
+    views: int = 12,
+    largest: bool = False,
+) -> str:
+    """Load a run's last checkpoint, extract, colour and write its mesh; returns a summary line."""
+    from sjc_core import engine
+    from sjc_core.cameras import intrinsics
+    from sjc_core.checkpoint import load_checkpoint
+    from sjc_core.commands.common import registry
+    from sjc_core.recipe import load_recipe
+
+    _require_mesh_packages()
+    fmt = _resolve_format(fmt, out)
+    if colors not in COLOR_MODES:
+        raise SjcError(f"--colors: {colors!r} is not one of {', '.join(COLOR_MODES)}")
+    folder = engine.RunFolder(Path(run_dir))
+    if not folder.recipe.exists():
+        raise SjcError(f"{run_dir}: not a run folder (no recipe.toml)")
+    if not folder.checkpoint.exists():
+        raise SjcError(f"{run_dir}: no checkpoint yet ({folder.checkpoint} is missing)")
+    recipe = load_recipe(folder.recipe, registry())
+    parts = engine.build_components(recipe, engine.resolve_device(recipe.settings.device))
+    snapshot = load_checkpoint(folder.checkpoint)
+    parts.field.load_state_dict(snapshot.field_state)
+    parts.field.eval()
+
+    plan = engine.camera_plan(recipe, parts.prior)
+    result = extract_mesh(parts.field, threshold=threshold, resolution=resolution, largest_only=largest,
+                          probe_radius=plan.radius)
+    value_range = getattr(parts.prior, "value_range", None)
+    mode = ("features" if value_range is not None else "views") if colors == "auto" else colors
+    voxel = native_voxel(parts.field, 0.02)
+    if mode == "features":
+        if value_range is None:
+            raise SjcError("--colors features: this prior's field holds latents, not colours; use --colors views")
+        result.colors = feature_colors(parts.field, result.vertices, result.normals, value_range, inset=voxel / 2)
+    elif mode == "views":
+        fov = recipe.settings.camera.test_fov
+        result.colors = view_colors(
+            result.vertices,
+            result.normals,
+            _decoded_view_renderer(parts, plan, fov),
+            color_views(plan.radius, views),
+            intrinsics(fov, plan.render_size, plan.render_size),
+            plan.render_size,
+            tolerance=4 * voxel,
+        )
+    target = out or folder.root / "mesh" / f"mesh.{fmt}"
+    write_mesh(result, target, fmt)  # type: ignore[arg-type]
+    closed = to_trimesh(result).is_watertight
+    return (
+        f"wrote {target}: {len(result.vertices)} vertices, {len(result.faces)} faces, "
+        f"{'watertight' if closed else 'open'}, colours: {mode}, "
+        f"threshold {result.threshold:.4g}{' (given)' if threshold is not None else ' (auto)'} "
+        f"(density range {result.density_range[0]:.3g} .. {result.density_range[1]:.3g}), "
+        f"checkpoint step {snapshot.step}"
+    )
+
+
+def _resolve_format(fmt: str | None, out: Path | None) -> str:
+    if fmt is None:
+        suffix = out.suffix.lower().lstrip(".") if out is not None else ""
+        fmt = suffix if suffix in FORMATS else "ply"
+    fmt = fmt.lower()
+    if fmt not in FORMATS:
+        raise SjcError(f"--format: {fmt!r} is not one of {', '.join(FORMATS)}")
+    if out is not None and out.suffix.lower().lstrip(".") not in ("", fmt):
+        raise SjcError(f"--out: {out.name} does not end in .{fmt} (the --format)")
+    return fmt
+
+
+def _require_mesh_packages() -> None:
+    import importlib.util
+
+    missing = [name for name, module in (("scikit-image", "skimage"), ("trimesh", "trimesh"))
+               if importlib.util.find_spec(module) is None]
+    if missing:
+        raise SjcError(f"export-mesh needs {' and '.join(missing)}: pip install 'sjc[mesh]'")
