@@ -33,17 +33,12 @@ def main() -> None:
 
     from sjc_core import engine
     from sjc_core.cameras import intrinsics
-    from sjc_core.checkpoint import load_checkpoint
     from sjc_core.datasets import load_posed_images
     from sjc_core.plugins import load_registry
-    from sjc_core.recipe import load_recipe
     from sjc_core.render import render_view
 
-    folder = engine.RunFolder(args.run_dir)
-    recipe = load_recipe(folder.recipe, load_registry())
-    parts = engine.build_components(recipe, torch.device("cpu"))
-    snapshot = load_checkpoint(folder.checkpoint)
-    parts.field.load_state_dict(snapshot.field_state)
+    run = engine.load_run(args.run_dir, load_registry())
+    parts = run.parts
     train = load_posed_images(args.data, "train")
     test = load_posed_images(args.data, "test")
     size = test.height
@@ -60,7 +55,7 @@ def main() -> None:
             mean_scores.append(psnr(mean_image, image))
     report = {
         "run": str(args.run_dir),
-        "step": snapshot.step,
+        "step": run.step,
         "held_out_views": len(test),
         "psnr_db": round(float(np.mean(scores)), 2),
         "baseline_grey_db": round(float(np.mean(grey_scores)), 2),

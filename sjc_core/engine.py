@@ -8,6 +8,7 @@ backward pass and one Adamax step. The loop owns the run folder: resolved recipe
 
 from __future__ import annotations
 
+import json
 import math
 import signal
 import sys
@@ -24,6 +25,7 @@ import torch.nn.functional as F
 from sjc_core import artifacts, toml_out
 from sjc_core.cameras import TrainView, intrinsics, sample_train_view, test_path
 from sjc_core.checkpoint import load_checkpoint, save_checkpoint
+from sjc_core.devices import resolve_device
 from sjc_core.contracts import BuildContext, Loss, Prior, RenderOutput, View
 from sjc_core.errors import SjcError
 from sjc_core.paas import default_sigma_range, paas_gradient, sigma_schedule
@@ -32,15 +34,6 @@ from sjc_core.recipe import Recipe
 from sjc_core.render import render_view
 
 PAAS_TERM = "paas"
-
-
-def resolve_device(setting: str) -> torch.device:
-    """auto -> cuda when available; asking for cuda without one is a user error."""
-    if setting == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if setting == "cuda" and not torch.cuda.is_available():
-        raise SjcError("device: 'cuda' requested but no CUDA device is available (use 'auto' or 'cpu')")
-    return torch.device(setting)
 
 
 @dataclass
@@ -111,6 +104,46 @@ class RunFolder:
     def final(self) -> Path:
         return self.root / "final"
 
+    @property
+    def source(self) -> Path:
+        """Where the recipe came from: relative paths in ``recipe.toml`` resolve there."""
+        return self.root / "source.json"
+
+    def base_dir(self) -> Path | None:
+        import json
+
+        try:
+            return Path(json.loads(self.source.read_text())["base_dir"])
+        except (OSError, ValueError, KeyError):
+            return None
+
+
+@dataclass
+class LoadedRun:
+    """A run folder brought back to life: its recipe, built plugins and last checkpoint."""
+
+    folder: RunFolder
+    recipe: Recipe
+    parts: Components
+    step: int
+    plan: CameraPlan
+
+
+def load_run(run_dir: Path, registry: Any) -> LoadedRun:
+    """Rebuild a run's prior and field from its folder and load its last checkpoint."""
+    from sjc_core.recipe import load_recipe
+
+    folder = RunFolder(Path(run_dir))
+    if not folder.recipe.exists():
+        raise SjcError(f"{run_dir}: not a run folder (no recipe.toml)")
+    if not folder.checkpoint.exists():
+        raise SjcError(f"{run_dir}: no checkpoint yet ({folder.checkpoint} is missing)")
+    recipe = load_recipe(folder.recipe, registry, base_dir=folder.base_dir())
+    parts = build_components(recipe, resolve_device(recipe.settings.device))
+    snapshot = load_checkpoint(folder.checkpoint)
+    parts.field.load_state_dict(snapshot.field_state)
+    return LoadedRun(folder, recipe, parts, snapshot.step, camera_plan(recipe, parts.prior))
+
 
 def default_run_dir(recipe: Recipe) -> Path:
     settings = recipe.settings
@@ -118,8 +151,6 @@ def default_run_dir(recipe: Recipe) -> Path:
 
 
 def read_status(folder: RunFolder) -> dict[str, Any]:
-    import json
-
     if not folder.status.exists():
         return {}
     try:
@@ -129,8 +160,6 @@ def read_status(folder: RunFolder) -> dict[str, Any]:
 
 
 def write_status(folder: RunFolder, **status: Any) -> None:
-    import json
-
     artifacts.write_text(folder.status, json.dumps(status, indent=2) + "\n")
 
 
@@ -331,6 +360,7 @@ def run(
         print(f"resuming {folder.root} at step {trainer.step}/{settings.steps}", file=stream)
     else:
         artifacts.write_text(folder.recipe, toml_out.dumps(recipe.resolved()))
+        artifacts.write_text(folder.source, json.dumps({"base_dir": str(recipe.base_dir)}) + "\n")
         if folder.metrics.exists():
             folder.metrics.unlink()
     if trainer.step >= settings.steps and read_status(folder).get("state") == "finished":
@@ -422,8 +452,6 @@ def _restore(trainer: Trainer, folder: RunFolder) -> None:
 
 def _truncate_metrics(path: Path, step: int) -> None:
     """Drop records after the checkpoint (a crash can log steps it never saved)."""
-    import json
-
     if not path.exists():
         return
     kept = [line for line in path.read_text().splitlines() if line and json.loads(line).get("step", 0) <= step]

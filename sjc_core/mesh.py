@@ -361,26 +361,16 @@ def export_run_mesh(
     """Load a run's last checkpoint, extract, colour and write its mesh; returns a summary line."""
     from sjc_core import engine
     from sjc_core.cameras import intrinsics
-    from sjc_core.checkpoint import load_checkpoint
     from sjc_core.commands.common import registry
-    from sjc_core.recipe import load_recipe
 
     _require_mesh_packages()
     fmt = _resolve_format(fmt, out)
     if colors not in COLOR_MODES:
         raise SjcError(f"--colors: {colors!r} is not one of {', '.join(COLOR_MODES)}")
-    folder = engine.RunFolder(Path(run_dir))
-    if not folder.recipe.exists():
-        raise SjcError(f"{run_dir}: not a run folder (no recipe.toml)")
-    if not folder.checkpoint.exists():
-        raise SjcError(f"{run_dir}: no checkpoint yet ({folder.checkpoint} is missing)")
-    recipe = load_recipe(folder.recipe, registry())
-    parts = engine.build_components(recipe, engine.resolve_device(recipe.settings.device))
-    snapshot = load_checkpoint(folder.checkpoint)
-    parts.field.load_state_dict(snapshot.field_state)
+    run = engine.load_run(Path(run_dir), registry())
+    folder, parts, plan = run.folder, run.parts, run.plan
     parts.field.eval()
 
-    plan = engine.camera_plan(recipe, parts.prior)
     result = extract_mesh(parts.field, threshold=threshold, resolution=resolution, largest_only=largest,
                           probe_radius=plan.radius)
     value_range = getattr(parts.prior, "value_range", None)
@@ -391,7 +381,7 @@ def export_run_mesh(
             raise SjcError("--colors features: this prior's field holds latents, not colours; use --colors views")
         result.colors = feature_colors(parts.field, result.vertices, result.normals, value_range, inset=voxel / 2)
     elif mode == "views":
-        fov = recipe.settings.camera.test_fov
+        fov = run.recipe.settings.camera.test_fov
         result.colors = view_colors(
             result.vertices,
             result.normals,
@@ -409,7 +399,7 @@ def export_run_mesh(
         f"{'watertight' if closed else 'open'}, colours: {mode}, "
         f"threshold {result.threshold:.4g}{' (given)' if threshold is not None else ' (auto)'} "
         f"(density range {result.density_range[0]:.3g} .. {result.density_range[1]:.3g}), "
-        f"checkpoint step {snapshot.step}"
+        f"checkpoint step {run.step}"
     )
 
 

@@ -38,22 +38,11 @@ def command(
 ) -> None:
     """Render the turntable of a (finished or interrupted) run again, or with --hd its final high-resolution videos."""
     from sjc_core import engine
-    from sjc_core.checkpoint import load_checkpoint
     from sjc_core.commands.common import registry
-    from sjc_core.errors import SjcError
     from sjc_core.progress import Progress
-    from sjc_core.recipe import load_recipe
 
-    folder = engine.RunFolder(run_dir)
-    if not folder.recipe.exists():
-        raise SjcError(f"{run_dir}: not a run folder (no recipe.toml)")
-    if not folder.checkpoint.exists():
-        raise SjcError(f"{run_dir}: no checkpoint yet ({folder.checkpoint} is missing)")
-    recipe = load_recipe(folder.recipe, registry())
-    parts = engine.build_components(recipe, engine.resolve_device(recipe.settings.device))
-    snapshot = load_checkpoint(folder.checkpoint)
-    parts.field.load_state_dict(snapshot.field_state)
-    plan = engine.camera_plan(recipe, parts.prior)
+    run = engine.load_run(run_dir, registry())
+    folder, recipe, parts, plan = run.folder, run.recipe, run.parts, run.plan
 
     if hd:
         from sjc_core.hd_render import HdOptions, render_hd
@@ -74,7 +63,7 @@ def command(
         height, width = result.frame_size
         typer.echo(
             f"wrote {result.image_video} and {result.depth_video} "
-            f"({result.frame_count} frames of {width}x{height}, checkpoint step {snapshot.step})"
+            f"({result.frame_count} frames of {width}x{height}, checkpoint step {run.step})"
         )
         return
 
@@ -87,4 +76,4 @@ def command(
         parts, recipe, plan, target, frames=frames, subpixel=subpixel or 1, on_frame=lambda i, n: bar.update(i)
     )
     bar.close()
-    typer.echo(f"wrote {written} (checkpoint step {snapshot.step})")
+    typer.echo(f"wrote {written} (checkpoint step {run.step})")

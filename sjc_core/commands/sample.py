@@ -213,6 +213,8 @@ def generate(setup: Setup, settings: SampleSettings, out: Path, device_setting: 
     from sjc_core import artifacts
     from sjc_core.contracts import BuildContext
 
+    from sjc_core.devices import resolve_device
+
     device = resolve_device(device_setting)
     prior = setup.info.factory(setup.options, BuildContext(device=device, base_dir=setup.base_dir, seed=settings.seed))
     sigmas, method_record = plan_sigmas(prior, setup, settings)
@@ -322,21 +324,6 @@ def draw(prior: Any, setup: Setup, settings: SampleSettings, sigmas: Any, device
     finally:
         bar.close()
     return pictures
-
-
-def resolve_device(setting: str) -> Any:
-    """auto -> cuda when available; the rule of ``engine.resolve_device``, repeated here so the
-    2D tool does not import the 3D engine and its renderer."""
-    import torch
-
-    from sjc_core.errors import SjcError
-
-    if setting == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if setting == "cuda" and not torch.cuda.is_available():
-        raise SjcError("device: 'cuda' requested but no CUDA device is available (use 'auto' or 'cpu')")
-    return torch.device(setting)
-
 
 def tile(pictures: list[Any], pad: int = 2, min_tile: int = 128) -> Any:
     """uint8 pictures [H, W, 3] in a near-square grid on white, small ones enlarged (nearest)."""

@@ -1,0 +1,16 @@
+"""Which torch device a recipe's ``device`` setting means (shared by the 3D and 2D tools)."""
+
+from __future__ import annotations
+
+import torch
+
+from sjc_core.errors import SjcError
+
+
+def resolve_device(setting: str) -> torch.device:
+    """auto -> cuda when available; asking for cuda without one is a user error."""
+    if setting == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if setting == "cuda" and not torch.cuda.is_available():
+        raise SjcError("device: 'cuda' requested but no CUDA device is available (use 'auto' or 'cpu')")
+    return torch.device(setting)
