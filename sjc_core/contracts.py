@@ -105,7 +105,16 @@ class Prior(Protocol):
 
 @runtime_checkable
 class Field(Protocol):
-    """A radiance field over the axis-aligned box ``aabb`` ([2, 3]: min row, max row)."""
+    """A radiance field over the axis-aligned box ``aabb`` ([2, 3]: min row, max row).
+
+    ``step_size`` is the ray-marching step; features are evaluated only for samples whose
+    weight exceeds ``weight_threshold`` (their colour is exactly 0 elsewhere).
+
+    Optional fast path: ``render_foreground(bundle: sjc_core.render.SampleBundle)`` returning
+    ``(features [n, C], weights [n, k])`` -- the volume integral without the background, in
+    one fused step -- or None to decline. :func:`sjc_core.render.render_rays` uses it when
+    present; it must equal the generic path built from ``density`` and ``features``.
+    """
 
     aabb: torch.Tensor
     step_size: float
