@@ -1,0 +1,337 @@
+"""Field ``hashgrid``: a multi-resolution hash encoding, a small shared MLP, two output heads.
+
+Same contract as the voxel field (``density``, ``features``, ``background``,
+``param_groups``, ``aabb``, ``step_size``, ``weight_threshold``) and the same density
+activation, ``softplus(raw + density_shift)``, so a recipe switches fields by changing
+``[field] name`` alone: the options the two fields share keep their names and meaning,
+and ``grid_size`` here sets only the ray-marching step (that of a voxel grid this size).
+
+Two backends compute the encoding: a pure-PyTorch one (``hash_encoding.py``, any device)
+and tiny-cuda-nn's fused ``HashGrid`` (CUDA only, used automatically when importable).
+The MLP is ordinary PyTorch layers in both cases. Checkpoints do not move between
+backends: tiny-cuda-nn lays its table out its own way and offsets its lattice by half a
+cell, so the same sizes give the same kind of encoding but not the same numbers.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from torch import nn
+
+from sjc_core.contracts import BuildContext
+from sjc_core.errors import SjcError
+from sjc_core.hookspecs import hookimpl
+from sjc_core.render import SampleBundle, VolumeWeights
+from sjc_plugins.fields.hash_encoding import HashEncoding, HashGridSpec
+from sjc_plugins.fields.voxel import _activate, _xyz  # shared with the voxel field: same activations, same sizes
+
+Backend = Literal["auto", "torch", "tinycudann"]
+
+SAMPLE_CHUNK = 1 << 15  # samples per chunk in render_foreground
+
+# Sizes chosen per device when an option is left unset. CPU: few levels and small tables,
+# because the pure-PyTorch encoder's cost grows with levels x 8 corners and table cache
+# misses. GPU: the instant-NGP sizes (16 levels of 2^19 entries, 16 -> 2048).
+CPU_DEFAULTS = {"levels": 8, "log2_table_size": 15, "max_resolution": 256}
+GPU_DEFAULTS = {"levels": 16, "log2_table_size": 19, "max_resolution": 2048}
+
+
+class HashGridOptions(BaseModel):
+    """Options of the ``hashgrid`` field; unset sizes take the CPU or GPU defaults."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # Shared with the voxel field: same names, same meaning (grid_size only sets the step).
+    grid_size: int | list[int] = Field(
+        100,
+        description="ray-marching resolution, one int or [x, y, z]: step = mean(2*box_half/size)*step_ratio, "
+        "as for a voxel grid this size (there are no voxels here)",
+    )
+    box_half: float = Field(1.0, gt=0, description="the box is [-box_half, box_half]^3")
+    density_shift: float = Field(-1.0, description="sigma = softplus(raw + density_shift), as in the voxel field")
+    step_ratio: float = Field(0.5, gt=0, description="ray step as a fraction of the mean cell length of grid_size")
+    weight_threshold: float = Field(
+        1e-4, ge=0, description="features are evaluated only where a sample's weight exceeds this"
+    )
+    bg_texture_size: int = Field(
+        4, ge=0, description="side of the spherical background texture; 0 = no texture, zero background"
+    )
+    feature_activation: Literal["auto", "identity", "2*sigmoid-1", "sigmoid"] = Field(
+        "auto", description="auto: identity for latent priors, 2*sigmoid-1 for pixel priors"
+    )
+    init_density: float = Field(0.0, description="initial raw density everywhere (the density head's output bias)")
+    init_features: float = Field(
+        1.0, ge=0, description="std of the normal draw for the initial background (features start near 0)"
+    )
+    bg_lr: float = Field(1e-4, ge=0, description="learning rate of the background texture")
+
+    # The hash grid itself.
+    backend: Backend = Field(
+        "auto", description="auto: tinycudann on CUDA when importable, else torch; or force one"
+    )
+    levels: int | None = Field(None, ge=1, le=32, description="resolution levels L (default: 8 on CPU, 16 on CUDA)")
+    features_per_level: int = Field(2, ge=1, le=8, description="features per level F")
+    log2_table_size: int | None = Field(
+        None, ge=4, le=24, description="log2 of the entries per level T (default: 15 on CPU, 19 on CUDA)"
+    )
+    base_resolution: int = Field(16, ge=2, description="cells per axis of the coarsest level")
+    max_resolution: int | None = Field(
+        None, ge=2, description="cells per axis of the finest level (default: 256 on CPU, 2048 on CUDA)"
+    )
+    hidden_dim: int = Field(64, gt=0, description="width of the shared MLP trunk")
+    hidden_layers: int = Field(1, ge=0, description="hidden ReLU layers of the trunk (0: linear heads on the encoding)")
+    mlp_lr_scale: float = Field(1.0, gt=0, description="learning rate of the MLP = lr * this (the table uses lr)")
+
+    @field_validator("grid_size")
+    @classmethod
+    def _three_sizes(cls, value: int | list[int]) -> int | list[int]:
+        sizes = [value] * 3 if isinstance(value, int) else list(value)
+        if len(sizes) != 3:
+            raise ValueError("give one int or three [x, y, z]")
+        if any(s < 2 for s in sizes):
+            raise ValueError("every size must be >= 2")
+        return value
+
+    @model_validator(mode="after")
+    def _resolutions_ordered(self) -> "HashGridOptions":
+        if self.max_resolution is not None and self.max_resolution < self.base_resolution:
+            raise ValueError(f"max_resolution {self.max_resolution} is below base_resolution {self.base_resolution}")
+        return self
+
+
+def resolve_spec(options: HashGridOptions, device: torch.device) -> HashGridSpec:
+    """The grid sizes: the options where set, else the defaults of the device kind."""
+    defaults = GPU_DEFAULTS if device.type == "cuda" else CPU_DEFAULTS
+    levels = options.levels if options.levels is not None else defaults["levels"]
+    log2_t = options.log2_table_size if options.log2_table_size is not None else defaults["log2_table_size"]
+    top = options.max_resolution if options.max_resolution is not None else defaults["max_resolution"]
+    top = max(top, options.base_resolution)
+    if levels == 1:
+        top = options.base_resolution
+    # levels <= 32 and log2_table_size <= 24 keep the table under 2^31 rows (int32 indices)
+    return HashGridSpec(levels, options.features_per_level, log2_t, options.base_resolution, top)
+
+
+def _import_tcnn() -> tuple[Any, str]:
+    """(module, '') when tiny-cuda-nn's bindings import, else (None, why).
+
+    Its import raises EnvironmentError, not ImportError, when no CUDA device is usable,
+    hence the broad except.
+    """
+    try:
+        import tinycudann  # type: ignore[import-not-found]
+    except Exception as exc:  # noqa: BLE001 - any failure means "not usable here"
+        return None, f"{type(exc).__name__}: {exc}".splitlines()[0]
+    return tinycudann, ""
+
+
+def choose_backend(requested: Backend, device: torch.device, tcnn_error: str | None) -> str:
+    """Which encoder to build.
+
+    ``tcnn_error`` is None when tinycudann imported, else the reason it did not. ``auto``
+    picks tinycudann only on CUDA with a working import; forcing it otherwise is a
+    one-line user error naming the option.
+    """
+    if requested == "torch":
+        return "torch"
+    if requested == "tinycudann":
+        if tcnn_error is not None:
+            raise SjcError(
+                f"field.backend: 'tinycudann' is not importable ({tcnn_error}); install tiny-cuda-nn's "
+                "PyTorch bindings or set backend = \"auto\""
+            )
+        if device.type != "cuda":
+            raise SjcError(f"field.backend: 'tinycudann' needs a CUDA device, the field is on {device.type}; set backend = \"auto\"")
+        return "tinycudann"
+    if device.type != "cuda":
+        return "torch"
+    return "tinycudann" if tcnn_error is None else "torch"
+
+
+class TcnnHashEncoding(nn.Module):
+    """tiny-cuda-nn's fused hash grid with the same sizes (float32 table and output)."""
+
+    def __init__(self, spec: HashGridSpec, tcnn: Any, seed: int):
+        super().__init__()
+        self.spec = spec
+        self.inner = tcnn.Encoding(n_input_dims=3, encoding_config=spec.tcnn_config(), seed=seed, dtype=torch.float32)
+
+    @property
+    def output_dim(self) -> int:
+        return self.spec.output_dim
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.inner(x.clamp(0.0, 1.0)).float()
+
+
+def _linear(inputs: int, outputs: int, generator: torch.Generator) -> nn.Linear:
+    """PyTorch's default weight init, seeded; zero bias, so a near-zero encoding (the
+    table starts at +-1e-4) gives near-zero outputs: density softplus(init_density +
+    density_shift) and features act(0), like a fresh voxel grid of zeros."""
+    layer = nn.Linear(inputs, outputs)
+    nn.init.kaiming_uniform_(layer.weight, a=math.sqrt(5), generator=generator)
+    nn.init.zeros_(layer.bias)
+    return layer
+
+
+def make_trunk(inputs: int, hidden: int, layers: int, generator: torch.Generator) -> nn.Sequential:
+    """The shared ReLU MLP between the encoding and the two output layers."""
+    modules: list[nn.Module] = []
+    width = inputs
+    for _ in range(layers):
+        modules += [_linear(width, hidden, generator), nn.ReLU()]
+        width = hidden
+    return nn.Sequential(*modules)
+
+
+def background_uv(directions: torch.Tensor) -> torch.Tensor:
+    """Spherical texture coordinates in [-1, 1] of unit directions, the voxel field's mapping:
+    u (horizontal) is the polar angle from +z, v (vertical) the azimuth about z."""
+    x, y, z = directions.unbind(-1)
+    u = torch.atan2(torch.sqrt(x * x + y * y), z) / math.pi * 2.0 - 1.0
+    v = (torch.atan2(y, x) / (2.0 * math.pi) + 0.5) * 2.0 - 1.0
+    return torch.stack([u, v], dim=-1)
+
+
+class HashGridField(nn.Module):
+    """A hash-grid radiance field over ``[-box_half, box_half]^3`` (see module docstring)."""
+
+    def __init__(self, options: HashGridOptions, ctx: BuildContext):
+        super().__init__()
+        if ctx.channels is not None and ctx.channels < 1:
+            raise SjcError(f"field.hashgrid: channels must be >= 1 (got {ctx.channels})")
+        channels = ctx.channels or 3
+        generator = torch.Generator().manual_seed(ctx.seed)
+        self.options = options
+        self.spec = resolve_spec(options, ctx.device)
+        tcnn, why = (None, "not tried on this device")
+        if options.backend == "tinycudann" or (options.backend == "auto" and ctx.device.type == "cuda"):
+            tcnn, why = _import_tcnn()
+        self.backend = choose_backend(options.backend, ctx.device, None if tcnn is not None else why)
+        if self.backend == "tinycudann":
+            self.encoding: nn.Module = TcnnHashEncoding(self.spec, tcnn, seed=ctx.seed)
+        else:
+            self.encoding = HashEncoding(self.spec, generator=generator)
+        dim = self.spec.output_dim
+        # One trunk, two output layers (as instant-NGP shares its density network): the
+        # trunk runs once per sample, the feature layer only where the weight passes.
+        self.trunk = make_trunk(dim, options.hidden_dim, options.hidden_layers, generator)
+        width = options.hidden_dim if options.hidden_layers > 0 else dim
+        self.density_out = _linear(width, 1, generator)
+        with torch.no_grad():
+            self.density_out.bias.fill_(options.init_density)
+        self.feature_out = _linear(width, channels, generator)
+        size = options.bg_texture_size
+        self.bg: nn.Parameter | None = None
+        if size > 0:
+            self.bg = nn.Parameter(torch.randn(1, channels, size, size, generator=generator) * options.init_features)
+
+        half = float(options.box_half)
+        self.register_buffer("aabb", torch.tensor([[-half] * 3, [half] * 3], dtype=torch.float32), persistent=False)
+        # the voxel field's step, computed the same way (float32 mean cell length x ratio),
+        # so both fields march the same samples at the same grid_size
+        lengths = torch.full((3,), 2 * half, dtype=torch.float32) / torch.tensor(_xyz(options.grid_size), dtype=torch.float32)
+        self.step_size = float((lengths.mean() * options.step_ratio).item())
+        self.weight_threshold = float(options.weight_threshold)
+        self.density_shift = float(options.density_shift)
+        self.channels = channels
+        activation = options.feature_activation
+        if activation == "auto":
+            activation = "identity" if ctx.value_range is None else "2*sigmoid-1"
+        self.activation = activation
+
+    def encode(self, points: torch.Tensor) -> torch.Tensor:
+        """Hash features [N, L*F] of world points [N, 3] (normalised to [0, 1] inside the box)."""
+        lo, hi = self.aabb[0], self.aabb[1]
+        return self.encoding((points - lo) / (hi - lo))
+
+    def hidden(self, points: torch.Tensor) -> torch.Tensor:
+        """Trunk output [N, hidden] (both output layers read it)."""
+        return self.trunk(self.encode(points))
+
+    def _sigma(self, hidden: torch.Tensor) -> torch.Tensor:
+        return F.softplus(self.density_out(hidden).squeeze(-1) + self.density_shift)
+
+    def _features(self, hidden: torch.Tensor) -> torch.Tensor:
+        return _activate(self.feature_out(hidden), self.activation)
+
+    # ---- Field contract
+    def density(self, points: torch.Tensor) -> torch.Tensor:
+        return self._sigma(self.hidden(points))
+
+    def features(self, points: torch.Tensor) -> torch.Tensor:
+        return self._features(self.hidden(points))
+
+    def background(self, directions: torch.Tensor) -> torch.Tensor:
+        """The voxel field's spherical texture lookup (same mapping, activation included)."""
+        if self.bg is None:
+            return torch.zeros(directions.shape[0], self.channels, dtype=self.aabb.dtype, device=directions.device)
+        uv = background_uv(directions.to(self.bg.dtype)).view(1, -1, 1, 2)
+        feats = F.grid_sample(self.bg, uv, mode="bilinear", padding_mode="zeros", align_corners=False)
+        return _activate(feats.view(self.channels, -1).T, self.activation)
+
+    def param_groups(self, lr: float) -> list[dict[str, Any]]:
+        """Table at ``lr``, MLP at ``lr * mlp_lr_scale``, background at ``bg_lr``."""
+        groups: list[dict[str, Any]] = [
+            {"params": list(self.encoding.parameters()), "lr": lr},
+            {
+                "params": [*self.trunk.parameters(), *self.density_out.parameters(), *self.feature_out.parameters()],
+                "lr": lr * self.options.mlp_lr_scale,
+            },
+        ]
+        if self.bg is not None:
+            groups.append({"params": [self.bg], "lr": self.options.bg_lr})
+        return groups
+
+    # ---- fast path (the renderer uses it when present)
+    def render_foreground(self, bundle: SampleBundle) -> tuple[torch.Tensor, torch.Tensor]:
+        """Foreground features [n, C] and weights [n, k], encoding each in-box sample once.
+
+        The same result as the renderer's generic path, which would run the encoding and
+        trunk a second time for ``features`` on the samples that pass the weight threshold.
+        """
+        n, k = bundle.n, bundle.k
+        # On CPU, chunks keep every temporary small: tensors of tens of MB are fresh
+        # page-faulted memory on each allocation, which costs more than the arithmetic.
+        points = bundle.points()
+        size = SAMPLE_CHUNK if points.device.type == "cpu" else max(points.shape[0], 1)
+        hidden = [self.hidden(chunk) for chunk in points.split(size)] or [self.hidden(points)]
+        sigma_in = torch.cat([self._sigma(h) for h in hidden])
+        sigma = torch.zeros(n * k, dtype=sigma_in.dtype, device=sigma_in.device)
+        sigma = sigma.index_put((bundle.positions,), sigma_in).view(n, k)
+        w = VolumeWeights.apply(sigma, bundle.step)
+        keep_pos = (w.detach() > self.weight_threshold).view(-1).nonzero().squeeze(1)
+        compact = torch.from_numpy(bundle.row_pointer[:-1]).to(keep_pos.device)[keep_pos]  # ascending
+        bounds = torch.searchsorted(compact, torch.arange(0, len(hidden) + 1, device=compact.device) * size).tolist()
+        feats = torch.cat(
+            [self._features(h[compact[a:b] - i * size]) for i, (h, a, b) in enumerate(zip(hidden, bounds, bounds[1:]))]
+        )
+        dense = torch.zeros(n * k, self.channels, dtype=feats.dtype, device=feats.device)
+        dense = dense.index_put((keep_pos,), feats).view(n, k, self.channels)
+        return torch.bmm(w[:, None, :], dense).squeeze(1), w
+
+    def extra_repr(self) -> str:
+        s = self.spec
+        return (
+            f"backend={self.backend}, levels={s.levels}, features={s.features}, log2_T={s.log2_table_size}, "
+            f"resolution={s.base_resolution}..{s.max_resolution}, step={self.step_size:g}, activation={self.activation}"
+        )
+
+
+def build_hashgrid_field(options: HashGridOptions, ctx: BuildContext) -> HashGridField:
+    return HashGridField(options, ctx)
+
+
+@hookimpl
+def register_fields(register) -> None:  # type: ignore[no-untyped-def]
+    register(
+        name="hashgrid",
+        factory=build_hashgrid_field,
+        description="Multi-resolution hash encoding + small MLPs (pure PyTorch; tiny-cuda-nn on CUDA)",
+        options=HashGridOptions,
+    )
