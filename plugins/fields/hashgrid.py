@@ -28,7 +28,7 @@ from sjc_core.errors import SjcError
 from sjc_core.hookspecs import hookimpl
 from sjc_core.render import SampleBundle, VolumeWeights
 from sjc_plugins.fields.hash_encoding import HashEncoding, HashGridSpec
-from sjc_plugins.fields.voxel import _activate, _xyz  # shared with the voxel field: same activations, same sizes
+from sjc_plugins.fields.voxel import activate, background_lookup, grid_xyz  # same activations, sizes, background
 
 Backend = Literal["auto", "torch", "tinycudann"]
 
@@ -189,15 +189,6 @@ def make_trunk(inputs: int, hidden: int, layers: int, generator: torch.Generator
     return nn.Sequential(*modules)
 
 
-def background_uv(directions: torch.Tensor) -> torch.Tensor:
-    """Spherical texture coordinates in [-1, 1] of unit directions, the voxel field's mapping:
-    u (horizontal) is the polar angle from +z, v (vertical) the azimuth about z."""
-    x, y, z = directions.unbind(-1)
-    u = torch.atan2(torch.sqrt(x * x + y * y), z) / math.pi * 2.0 - 1.0
-    v = (torch.atan2(y, x) / (2.0 * math.pi) + 0.5) * 2.0 - 1.0
-    return torch.stack([u, v], dim=-1)
-
-
 class HashGridField(nn.Module):
     """A hash-grid radiance field over ``[-box_half, box_half]^3`` (see module docstring)."""
 
@@ -235,7 +226,7 @@ class HashGridField(nn.Module):
         self.register_buffer("aabb", torch.tensor([[-half] * 3, [half] * 3], dtype=torch.float32), persistent=False)
         # the voxel field's step, computed the same way (float32 mean cell length x ratio),
         # so both fields march the same samples at the same grid_size
-        lengths = torch.full((3,), 2 * half, dtype=torch.float32) / torch.tensor(_xyz(options.grid_size), dtype=torch.float32)
+        lengths = torch.full((3,), 2 * half, dtype=torch.float32) / torch.tensor(grid_xyz(options.grid_size), dtype=torch.float32)
         self.step_size = float((lengths.mean() * options.step_ratio).item())
         self.weight_threshold = float(options.weight_threshold)
         self.density_shift = float(options.density_shift)
@@ -258,7 +249,7 @@ class HashGridField(nn.Module):
         return F.softplus(self.density_out(hidden).squeeze(-1) + self.density_shift)
 
     def _features(self, hidden: torch.Tensor) -> torch.Tensor:
-        return _activate(self.feature_out(hidden), self.activation)
+        return activate(self.feature_out(hidden), self.activation)
 
     # ---- Field contract
     def density(self, points: torch.Tensor) -> torch.Tensor:
@@ -271,9 +262,7 @@ class HashGridField(nn.Module):
         """The voxel field's spherical texture lookup (same mapping, activation included)."""
         if self.bg is None:
             return torch.zeros(directions.shape[0], self.channels, dtype=self.aabb.dtype, device=directions.device)
-        uv = background_uv(directions.to(self.bg.dtype)).view(1, -1, 1, 2)
-        feats = F.grid_sample(self.bg, uv, mode="bilinear", padding_mode="zeros", align_corners=False)
-        return _activate(feats.view(self.channels, -1).T, self.activation)
+        return background_lookup(self.bg, directions, self.activation)
 
     def param_groups(self, lr: float) -> list[dict[str, Any]]:
         """Table at ``lr``, MLP at ``lr * mlp_lr_scale``, background at ``bg_lr``."""

@@ -85,7 +85,7 @@ class VoxelOptions(BaseModel):
         return value
 
 
-def _xyz(size: int | list[int] | tuple[int, ...]) -> tuple[int, int, int]:
+def grid_xyz(size: int | list[int] | tuple[int, ...]) -> tuple[int, int, int]:
     sizes = [size] * 3 if isinstance(size, int) else list(size)
     if len(sizes) != 3 or any(int(s) < 2 for s in sizes):
         raise ValueError(f"grid size must be one int or three, each >= 2 (got {size!r})")
@@ -197,7 +197,22 @@ class TrilinearGather(torch.autograd.Function):
 # --------------------------------------------------------------------------- activations
 
 
-def _activate(x: torch.Tensor, kind: str) -> torch.Tensor:
+def background_lookup(texture: torch.Tensor, directions: torch.Tensor, activation: str) -> torch.Tensor:
+    """Spherical background texture [1, C, s, s] seen along unit directions -> [N, C].
+
+    u (polar angle from +z) indexes the width, v (azimuth about z) the height, bilinear with
+    zero padding: the reference's lookup, in its operation order (parity depends on it).
+    Every field with a texture background uses this, so fields can be swapped in a recipe.
+    """
+    x, y, z = directions.to(texture.dtype).t()
+    u = torch.atan2((x**2 + y**2) ** 0.5, z) / torch.pi
+    v = torch.atan2(y, x) / (torch.pi * 2) + 0.5
+    uv = torch.stack([u, v], -1) * 2 - 1
+    feats = F.grid_sample(texture, uv.view(1, -1, 1, 2), align_corners=False)
+    return activate(feats.view(texture.shape[1], -1).t(), activation)
+
+
+def activate(x: torch.Tensor, kind: str) -> torch.Tensor:
     if kind == "identity":
         return x
     if kind == "sigmoid":
@@ -241,7 +256,7 @@ class _FusedVoxelRender(torch.autograd.Function):
         w, _, inclusive = weights_forward(sigma, step)
         keep = w > plan["threshold"]
         feats_raw = feat_out.t().contiguous().view(channels, n, k)  # channels first: cheap broadcasts
-        feats = _activate(feats_raw, plan["activation"]) * keep
+        feats = activate(feats_raw, plan["activation"]) * keep
         rgb = (feats * w).sum(dim=-1).t()
         ctx.save_for_backward(raw, z, w, inclusive, keep, feats, feats_raw, scale)
         ctx.plan = plan
@@ -401,7 +416,7 @@ class VoxelField(torch.nn.Module):
         self.register_buffer(
             "aabb", torch.tensor([[-half] * 3, [half] * 3], dtype=torch.float32, device=device), persistent=False
         )
-        self.grid_size = _xyz(options.grid_size)
+        self.grid_size = grid_xyz(options.grid_size)
         self.backend = self._resolve_backend(options.backend, torch.device(device))
         X, Y, Z = self.grid_size
         gen = torch.Generator().manual_seed(int(seed))
@@ -456,19 +471,13 @@ class VoxelField(torch.nn.Module):
         return F.softplus(raw * torch.exp(self.d_scale) + self.density_shift)
 
     def features(self, points: torch.Tensor) -> torch.Tensor:
-        return _activate(self._gather(self.feature_grid, points), self.activation)
+        return activate(self._gather(self.feature_grid, points), self.activation)
 
     def background(self, directions: torch.Tensor) -> torch.Tensor:
-        """Spherical texture lookup; u (polar angle from +z) indexes width, v (azimuth) height."""
         if self.bg is None:
             zeros = directions.new_zeros(directions.shape[0], self.channels)
             return zeros.to(self.feature_grid.dtype)
-        x, y, z = directions.to(self.bg.dtype).t()
-        u = torch.atan2((x**2 + y**2) ** 0.5, z) / torch.pi
-        v = torch.atan2(y, x) / (torch.pi * 2) + 0.5
-        uv = torch.stack([u, v], -1) * 2 - 1
-        feats = F.grid_sample(self.bg, uv.view(1, -1, 1, 2), align_corners=False)
-        return _activate(feats.view(self.channels, -1).t(), self.activation)
+        return background_lookup(self.bg, directions, self.activation)
 
     def param_groups(self, lr: float) -> list[dict[str, Any]]:
         """Grids and density scale at ``lr``, the background texture at ``bg_lr`` (as the reference)."""
@@ -533,7 +542,7 @@ class VoxelField(torch.nn.Module):
     def resample(self, new_size: int | list[int] | tuple[int, ...]) -> None:
         """Resize the grids (trilinear, like the reference). Rebuild the optimizer afterwards:
         the grids are new Parameters."""
-        X, Y, Z = _xyz(new_size)
+        X, Y, Z = grid_xyz(new_size)
         size = (Z, Y, X)
         density = F.interpolate(self.density_grid[None, None], size=size, mode="trilinear", align_corners=False)
         features = self.feature_grid.permute(3, 0, 1, 2)[None]
