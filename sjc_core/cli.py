@@ -14,7 +14,7 @@ import typer
 from sjc_core.errors import SjcError
 
 # One module per command under sjc_core/commands; each defines NAME and `command`.
-CORE_COMMANDS = ["validate", "list_plugins"]
+CORE_COMMANDS = ["run", "render", "fit", "validate", "list_plugins", "sample", "export_mesh", "batch"]
 
 
 def build_app() -> typer.Typer:
