@@ -144,6 +144,8 @@ def load_posed_images(
     ``warn`` receives warning lines (default: stderr).
     """
     folder = Path(folder)
+    if resolution is not None and resolution < 1:
+        raise SjcError(f"resolution: must be a positive width in pixels, got {resolution}")
     if not folder.exists():
         raise SjcError(f"{folder}: no such folder")
     if not folder.is_dir():
@@ -173,14 +175,22 @@ def load_posed_images(
         scale=factor,
     )
     if box_half is not None:
-        blind = cameras_missing_box(data.c2w, fov_deg, data.height, data.width, box_half)
-        if blind:
-            listed = ", ".join(names[i] for i in blind[:5]) + (" ..." if len(blind) > 5 else "")
-            (warn or _stderr)(
-                f"{path}: {len(blind)} camera(s) see nothing of the [-{box_half:g}, {box_half:g}]^3 box "
-                f"({listed}); try --scale/--center or --z-up"
-            )
+        message = blind_camera_warning(data, box_half)
+        if message:
+            (warn or _stderr)(message)
     return data
+
+
+def blind_camera_warning(data: PosedImages, box_half: float) -> str | None:
+    """A warning line naming the cameras that see nothing of the box, or None."""
+    blind = cameras_missing_box(data.c2w, data.fov_deg, data.height, data.width, box_half)
+    if not blind:
+        return None
+    listed = ", ".join(data.names[i] for i in blind[:5]) + (" ..." if len(blind) > 5 else "")
+    return (
+        f"{data.source}: {len(blind)} camera(s) see nothing of the [-{box_half:g}, {box_half:g}]^3 box "
+        f"({listed}); try --scale/--center or --z-up"
+    )
 
 
 def read_transforms(path: Path) -> dict[str, Any]:

@@ -63,7 +63,10 @@ def test_generator_is_deterministic_and_loadable(small_scene, tmp_path):
 
 
 def test_snowman_has_a_front():
-    """The carrot nose is seen from -x (the sampler's front view) and hidden from +x."""
+    """The carrot nose is seen from -x (the sampler's front view) and hidden from +x.
+
+    (From behind, a pixel or two where the red hat meets its yellow band can look orange.)
+    """
     from sjc_core.cameras import look_at
 
     demo = _demo_module()
@@ -78,29 +81,33 @@ def test_snowman_has_a_front():
         r, g, b = (picture.astype(float) / 255).transpose(2, 0, 1)
         return int(np.sum((r > 0.6) & (g > 0.15) & (g < 0.6 * r) & (b < 0.25)))
 
-    assert orange(front) >= 3 and orange(back) == 0
+    assert orange(front) >= 8 and orange(front) >= 4 * orange(back), (orange(front), orange(back))
 
 
 def test_fit_beats_mean_colour_by_far(small_scene, tmp_path):
     out = tmp_path / "fit"
     result = _sjc(
         "fit", str(small_scene), "--out", str(out), "--steps", "150", "--grid-size", "32",
-        "--batch-rays", "2048", "--video-frames", "6", "--lr", "0.1",
+        "--batch-rays", "2048", "--video-frames", "6", "--lr", "0.1", "--sparsity", "1e-3",
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Traceback" not in result.stderr
     metrics = json.loads((out / "metrics.json").read_text())
 
-    # The baseline, computed here from the pictures alone: every held-out pixel predicted
-    # as the training pictures' mean colour. A field that has learnt nothing but the grey
-    # background scores about the same, so beating it by several dB means the object's
-    # shape and colours were recovered from the posed views.
+    # Floors, computed here from the pictures alone: every held-out pixel predicted as the
+    # training pictures' mean colour (about 17.0 dB), or as the grey backdrop, which is
+    # what a field that learnt only the background would show (lower still). Beating both
+    # by 7 dB means the object's shape and colours were recovered from the posed views;
+    # this run measures about 27.3 dB (seeds 0 and 1 agree within 0.1 dB), so the bar
+    # leaves 3 dB of room. A short, sparse run like this one wants the stronger sparsity
+    # term (1e-3; with the default 3e-4 it reaches about 25 dB).
     train = load_posed_images(small_scene)
     test = load_posed_images(small_scene, "test")
     baseline = _psnr(test.images, train.images.reshape(-1, 3).mean(axis=0))
+    backdrop = _psnr(test.images, np.full(3, 0.5))
     assert metrics["baseline_psnr_mean_colour"] == pytest.approx(baseline, abs=1e-3)
     assert metrics["heldout_source"] == "transforms_test.json" and metrics["heldout_views"] == 4
-    assert metrics["psnr_heldout"] > baseline + 6.0, (metrics["psnr_heldout"], baseline)
+    assert metrics["psnr_heldout"] > max(baseline, backdrop) + 7.0, (metrics["psnr_heldout"], baseline, backdrop)
     assert metrics["psnr_train"] >= metrics["psnr_heldout"] - 1.0
     assert len(metrics["psnr_heldout_views"]) == 4
 
