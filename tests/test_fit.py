@@ -136,8 +136,17 @@ def test_checkpoint_restores_the_field(small_scene, tmp_path):
     assert metrics["heldout_views"] == 3 and metrics["train_views"] == 21
     assert "video" not in metrics
     snapshot = load_checkpoint(out / "field.safetensors")
-    assert snapshot.extra["field"]["grid_size"] == 16
-    assert all(isinstance(v, torch.Tensor) for v in snapshot.field_state.values())
+    options = dict(snapshot.extra["field"])
+    assert options.pop("name") == "voxel" and options["grid_size"] == 16
+    assert options["init_features"] == 0.0  # fit's photometric default is recorded
+    # the recorded options rebuild the same field through the registry, and the state loads
+    from sjc_core.contracts import BuildContext
+    from sjc_core.plugins import load_registry
+
+    info = load_registry().get("fields", "voxel")
+    field = info.factory(info.options.model_validate(options), BuildContext(channels=3, value_range=(-1.0, 1.0)))
+    field.load_state_dict(snapshot.field_state, strict=True)
+    assert all(torch.equal(field.state_dict()[k], v) for k, v in snapshot.field_state.items())
     assert any(v.numel() >= 16**3 for v in snapshot.field_state.values())
 
 
