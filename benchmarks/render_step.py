@@ -55,27 +55,19 @@ def camera() -> tuple[np.ndarray, np.ndarray]:
 
 
 def parameters(scenario: str) -> dict[str, torch.Tensor]:
-    """README section 2: density/colour/bg/d_scale and the upstream gradient (float64 -> float32)."""
-    c = -1 + (np.arange(100) + 0.5) * 0.02
-    z, y, x = np.meshgrid(c, c, c, indexing="ij")
-    r2 = x**2 + y**2 + z**2
-    density = {
-        "init": np.zeros_like(r2),
-        "blob": 5 * np.exp(-r2 / (2 * 0.5**2)),
-        "blob_carved": 10 * np.exp(-r2 / (2 * 0.3**2)) - 5,
-    }[scenario]
-    color = np.stack([np.sin(3 * x + ch) * np.cos(2 * y - ch) + 0.5 * z * (ch - 1.5) for ch in range(4)])
-    i, j = np.meshgrid(np.arange(4), np.arange(4), indexing="ij")
-    bg = np.stack([0.25 * (ch + 1) * np.cos(i + 2 * j + ch) for ch in range(4)])
-    h, w = np.meshgrid(np.arange(64), np.arange(64), indexing="ij")
-    g = np.stack([0.1 * np.sin(0.3 * h + 0.7 * w + ch) for ch in range(4)])
-    as32 = lambda a: torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))  # noqa: E731
+    """README section 2's parameters and upstream gradient, from the parity test's builder
+    (the one checked against the stored sub-cubes), in the layout this benchmark uses."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    from test_render_parity import rebuild_parameters
+
+    p = rebuild_parameters(scenario)
+    as_tensor = lambda a: torch.from_numpy(np.ascontiguousarray(a))  # noqa: E731
     return {
-        "density": as32(density),
-        "color": as32(color),
-        "bg": as32(bg[None]),
-        "d_scale": torch.tensor({"blob_carved": 0.3}.get(scenario, 0.0), dtype=torch.float32),
-        "g": as32(g),
+        "density": as_tensor(p["density"][0, 0]),
+        "color": as_tensor(p["color"][0]),
+        "bg": as_tensor(p["bg"]),
+        "d_scale": torch.tensor(float(p["d_scale"]), dtype=torch.float32),
+        "g": as_tensor(p["upstream_grad"][0]),
     }
 
 
