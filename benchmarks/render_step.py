@@ -73,13 +73,14 @@ def parameters(scenario: str) -> dict[str, torch.Tensor]:
 
 def sjc_step(scenario: str, backend: str):  # type: ignore[no-untyped-def]
     from sjc_core.contracts import BuildContext
+    from sjc_core.optim import Adamax
     from sjc_core.render import render_view
     from sjc_plugins.fields.voxel import VoxelOptions, build_voxel_field
 
     p = parameters(scenario)
     field = build_voxel_field(VoxelOptions(backend=backend, init_features=0.0), BuildContext(channels=4))
     features = p["color"].permute(1, 2, 3, 0).contiguous()
-    optimizer = torch.optim.Adamax(field.param_groups(0.05))
+    optimizer = Adamax(field.param_groups(0.05))
     K, pose = camera()
     g = p["g"]
 

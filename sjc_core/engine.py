@@ -28,6 +28,7 @@ from sjc_core.checkpoint import load_checkpoint, save_checkpoint
 from sjc_core.devices import resolve_device
 from sjc_core.contracts import BuildContext, Loss, Prior, RenderOutput, View
 from sjc_core.errors import SjcError
+from sjc_core.optim import Adamax
 from sjc_core.paas import default_sigma_range, paas_gradient, sigma_schedule
 from sjc_core.progress import Progress
 from sjc_core.recipe import Recipe
@@ -204,7 +205,7 @@ class Trainer:
         settings = recipe.settings
         torch.manual_seed(settings.seed)  # plugins that draw from the global generator
         plan = camera_plan(recipe, parts.prior)
-        optimizer = torch.optim.Adamax(parts.field.param_groups(settings.lr), lr=settings.lr)
+        optimizer = Adamax(parts.field.param_groups(settings.lr), lr=settings.lr)
         low, high = default_sigma_range(parts.prior)
         paas = settings.paas
         sigmas = sigma_schedule(

@@ -44,6 +44,7 @@ from sjc_core.cameras import orbit_path
 from sjc_core.contracts import BuildContext
 from sjc_core.datasets import PosedImages, blind_camera_warning, camera_directions, load_posed_images, transforms_path
 from sjc_core.errors import SjcError
+from sjc_core.optim import Adamax
 from sjc_core.plugins import Registry
 
 VIDEO_MIN_SIZE = 256  # turntable frames are enlarged (nearest) to at least this many pixels
@@ -249,7 +250,7 @@ def fit_posed_images(
     near = near_plane(train, settings.near)
     rays = training_rays(train, field_module.aabb, near, device)
 
-    optimizer_cls = torch.optim.Adam if settings.optimizer == "adam" else torch.optim.Adamax
+    optimizer_cls = torch.optim.Adam if settings.optimizer == "adam" else Adamax
     optimizer = optimizer_cls(field_module.param_groups(settings.lr))
     base_lrs = [group["lr"] for group in optimizer.param_groups]
     out_dir.mkdir(parents=True, exist_ok=True)
