@@ -112,7 +112,8 @@ class Field(Protocol):
 
     Optional fast path: ``render_foreground(bundle: sjc_core.render.SampleBundle)`` returning
     ``(features [n, C], weights [n, k])`` -- the volume integral without the background, in
-    one fused step -- or None to decline. :func:`sjc_core.render.render_rays` uses it when
+    one fused step -- optionally followed by ``opacity [n]`` (sum of weights) and ``depth [n]``
+    (sum of weight * distance) when it computes them on the way, or None to decline. :func:`sjc_core.render.render_rays` uses it when
     present; it must equal the generic path built from ``density`` and ``features``.
     """
 

@@ -70,8 +70,9 @@ def _box_intersect_f64(ro: np.ndarray, rd: np.ndarray, aabb: np.ndarray) -> tupl
     rd[rd == 0] = 1e-6
     bounds = np.asarray(aabb, dtype=np.float64).T  # [3, 2]: (min, max) per axis
     ts = (bounds[None] - ro[:, :, None]) / rd[:, :, None]  # [n, 3, 2]
-    t_min = ts.min(-1).max(-1)
-    t_max = ts.max(-1).min(-1)
+    near, far = np.minimum(ts[..., 0], ts[..., 1]), np.maximum(ts[..., 0], ts[..., 1])  # [n, 3]
+    t_min = np.maximum(np.maximum(near[:, 0], near[:, 1]), near[:, 2])
+    t_max = np.minimum(np.minimum(far[:, 0], far[:, 1]), far[:, 2])
     return np.maximum(t_min, 0.0), np.maximum(t_max, 0.0)
 
 
@@ -315,9 +316,8 @@ def _render_bundle(field: Any, bundle: SampleBundle) -> RenderOutput:
     rd = bundle.rd
     fused = getattr(field, "render_foreground", None)
     result = fused(bundle) if fused is not None else None
-    rgb, w = result if result is not None else _generic_foreground(field, bundle)
-    opacity = w.sum(dim=1)
-    depth = (w * bundle.t_dense).sum(dim=1)
+    rgb, w, *sums = result if result is not None else _generic_foreground(field, bundle)
+    opacity, depth = sums if sums else (w.sum(dim=1), (w * bundle.t_dense).sum(dim=1))
     remaining = 1 - opacity
     image = rgb + remaining[:, None] * field.background(rd)
     depth = depth + remaining * BACKGROUND_DEPTH

@@ -5,25 +5,22 @@ temporaries. This kernel marches each ray once: trilinear gather of density, the
 reference's alpha/transmittance/weight formulas in float32 and in the reference's order,
 features only above the weight threshold, and the analytic backward that scatters density
 and feature gradients straight into the grid gradients. It is plain C99 (no Python or torch
-headers), compiled on first use with the system C compiler into a per-user cache and
-loaded with ctypes; ctypes releases the GIL during the call, so ray ranges can run on
-several threads. Without a compiler the field falls back to its torch/scipy path.
+headers), built on first use by :mod:`sjc_core.native` (system C compiler, per-user cache,
+ctypes); ctypes releases the GIL during the call, so ray ranges can run on several
+threads. Without a compiler the field falls back to its torch/scipy path.
 
-Environment: ``SJC_CACHE_DIR`` (default ``$XDG_CACHE_HOME/sjc`` or ``~/.cache/sjc``) holds
-the built library; ``CC`` picks the compiler.
+On x86 CPUs with AVX2 the two purely arithmetic loops (cell weights; softplus, its slope and
+alpha) run eight samples at a time through the compiler's vector extensions, chosen at run
+time; they do the scalar code's operations in its order, so both paths give the same bits
+(``sjc_voxel_simd(0)`` forces the scalar loops, for tests).
 """
 
 from __future__ import annotations
 
 import ctypes
 import functools
-import hashlib
-import os
-import shutil
-import subprocess
-import sys
-import tempfile
-from pathlib import Path
+
+from sjc_core import native
 
 SOURCE = r"""
 #include <math.h>
@@ -148,9 +145,172 @@ INLINE void cell_rows(int64_t count, float ox, float oy, float oz, float dx, flo
     }
 }
 
+/* sigma = softplus(raw * scale + shift) as torch (log1p(exp(z)), z itself above 20), its
+   slope sigmoid(z), and alpha = 1 - exp(-sigma * step), for samples [j0, count). */
+INLINE void softplus_alpha_scalar(int64_t j0, int64_t count, const float *restrict raw, float scale,
+                                  float shift, float step, float *restrict slope, float *restrict alpha) {
+    for (int64_t j = j0; j < count; ++j) {  /* gcc vectorises this with SSE2 */
+        const float z = raw[j] * scale + shift;
+        const float ez = exp_poly(z);
+        const float u = 1.0f + ez;
+        const float inv = 1.0f / u;
+        const float soft = log_poly(u) + (ez - (u - 1.0f)) * inv;  /* log1p(ez) */
+        const float big = z > 20.0f;  /* torch's softplus threshold */
+        const float sigma = big ? z : soft;
+        slope[j] = big ? 1.0f : ez * inv;
+        alpha[j] = 1.0f - exp_poly(-sigma * step);
+    }
+}
+
+#if (defined(__x86_64__) || defined(__i386__)) && (defined(__clang__) || (defined(__GNUC__) && __GNUC__ >= 9))
+/* The two loops that are pure arithmetic (cells, softplus/alpha) again, eight samples at a
+   time with AVX2 through the compiler's vector extensions: the same operations in the same
+   order (no FMA), so bit-identical to the scalar code, and 3-4x fewer instructions (gcc
+   does not vectorise exp_poly by itself under AVX2). Chosen at run time by CPU. */
+#define HAVE_AVX2_PATH 1
+#define AVX2_INLINE static inline __attribute__((always_inline, target("avx2")))
+typedef float v8f __attribute__((vector_size(32)));
+typedef int32_t v8i __attribute__((vector_size(32)));
+
+AVX2_INLINE v8f splat8(float x) { return (v8f){x, x, x, x, x, x, x, x}; }
+AVX2_INLINE v8i splat8i(int32_t x) { return (v8i){x, x, x, x, x, x, x, x}; }
+AVX2_INLINE v8f select8(v8i mask, v8f a, v8f b) { return (v8f)((mask & (v8i)a) | (~mask & (v8i)b)); }
+AVX2_INLINE v8i floor8(v8f x) {  /* a true comparison is -1 */
+    const v8i i = __builtin_convertvector(x, v8i);
+    return i + (x < __builtin_convertvector(i, v8f));
+}
+
+AVX2_INLINE v8f exp8(v8f x) {  /* exp_poly */
+    x = select8(x < splat8(88.3762626647949f), x, splat8(88.3762626647949f));
+    x = select8(x > splat8(-87.3365447505531f), x, splat8(-87.3365447505531f));
+    const v8f fx = x * splat8(1.44269504088896341f) + splat8(0.5f);
+    const v8i n = floor8(fx);
+    const v8f fn = __builtin_convertvector(n, v8f);
+    v8f r = x - fn * splat8(0.693359375f);
+    r = r - fn * splat8(-2.12194440e-4f);
+    const v8f z = r * r;
+    v8f y = ((((splat8(1.9875691500E-4f) * r + splat8(1.3981999507E-3f)) * r + splat8(8.3334519073E-3f)) * r
+              + splat8(4.1665795894E-2f)) * r + splat8(1.6666665459E-1f)) * r + splat8(5.0000001201E-1f);
+    y = y * z + r + splat8(1.0f);
+    return y * (v8f)((n + splat8i(127)) << 23);
+}
+
+AVX2_INLINE v8f log8(v8f x) {  /* log_poly, x >= 1 */
+    const v8i bits = (v8i)x;
+    v8i e = ((bits >> 23) & splat8i(0xff)) - splat8i(126);
+    const v8f m = (v8f)((bits & splat8i(0x007fffff)) | splat8i(0x3f000000));
+    const v8i small = m < splat8(0.707106781186547524f);
+    e = e + small;
+    const v8f t = select8(small, m + m - splat8(1.0f), m - splat8(1.0f));
+    const v8f z = t * t;
+    v8f y = (((((((splat8(7.0376836292E-2f) * t - splat8(1.1514610310E-1f)) * t + splat8(1.1676998740E-1f)) * t
+                 - splat8(1.2420140846E-1f)) * t + splat8(1.4249322787E-1f)) * t - splat8(1.6668057665E-1f)) * t
+               + splat8(2.0000714765E-1f)) * t - splat8(2.4999993993E-1f)) * t + splat8(3.3333331174E-1f);
+    y = y * t * z;
+    const v8f fe = __builtin_convertvector(e, v8f);
+    y = y + fe * splat8(-2.12194440e-4f);
+    y = y - splat8(0.5f) * z;
+    return t + y + fe * splat8(0.693359375f);
+}
+
+AVX2_INLINE void softplus_alpha8(const float *raw, float scale, float shift, float step, float *slope, float *alpha) {
+    v8f rv;
+    __builtin_memcpy(&rv, raw, sizeof rv);
+    const v8f z = rv * splat8(scale) + splat8(shift);
+    const v8f ez = exp8(z);
+    const v8f u = splat8(1.0f) + ez;
+    const v8f inv = splat8(1.0f) / u;
+    const v8f soft = log8(u) + (ez - (u - splat8(1.0f))) * inv;
+    const v8i big = z > splat8(20.0f);
+    const v8f sigma = select8(big, z, soft);
+    const v8f sl = select8(big, splat8(1.0f), ez * inv);
+    const v8f al = splat8(1.0f) - exp8(-sigma * splat8(step));
+    __builtin_memcpy(slope, &sl, sizeof sl);
+    __builtin_memcpy(alpha, &al, sizeof al);
+}
+
+__attribute__((target("avx2"))) static void softplus_alpha_avx2(
+        int64_t count, const float *raw, float scale, float shift, float step, float *slope, float *alpha) {
+    int64_t j = 0;
+    for (; j + 8 <= count; j += 8) softplus_alpha8(raw + j, scale, shift, step, slope + j, alpha + j);
+    if (j < count) {  /* the last few samples through a zero-padded vector */
+        float in[8] = {0, 0, 0, 0, 0, 0, 0, 0}, sl[8], al[8];
+        const size_t bytes = sizeof(float) * (size_t)(count - j);
+        memcpy(in, raw + j, bytes);
+        softplus_alpha8(in, scale, shift, step, sl, al);
+        memcpy(slope + j, sl, bytes);
+        memcpy(alpha + j, al, bytes);
+    }
+}
+
+__attribute__((target("avx2"))) static void cell_rows_avx2(
+        int64_t count, float ox, float oy, float oz, float dx, float dy, float dz, float tmin,
+        const float *ticks, int32_t X1, int32_t Y1, int32_t Z1, int32_t sy, int32_t sz, int32_t *base,
+        int32_t *inside, float *w8, int64_t kk) {
+    int64_t j = 0;
+    for (; j + 8 <= count; j += 8) {
+        v8f tick;
+        __builtin_memcpy(&tick, ticks + j, sizeof tick);
+        const v8f t = splat8(tmin) + tick;
+        const v8f ux = splat8(ox) + splat8(dx) * t, uy = splat8(oy) + splat8(dy) * t;
+        const v8f uz = splat8(oz) + splat8(dz) * t;
+        const v8i ix = floor8(ux), iy = floor8(uy), iz = floor8(uz);
+        const v8f fx = ux - __builtin_convertvector(ix, v8f), fy = uy - __builtin_convertvector(iy, v8f);
+        const v8f fz = uz - __builtin_convertvector(iz, v8f);
+        const v8f gx = splat8(1.0f) - fx, gy = splat8(1.0f) - fy, gz = splat8(1.0f) - fz;
+        const v8i zero = splat8i(0);
+        const v8i in = (ix >= zero) & (iy >= zero) & (iz >= zero) & (ix < splat8i(X1)) & (iy < splat8i(Y1))
+                       & (iz < splat8i(Z1)) & splat8i(1);
+        const v8i b = iz * splat8i(sz) + iy * splat8i(sy) + ix;
+        const v8f w[8] = {gx * gy * gz, fx * gy * gz, gx * fy * gz, fx * fy * gz,
+                          gx * gy * fz, fx * gy * fz, gx * fy * fz, fx * fy * fz};
+        __builtin_memcpy(inside + j, &in, sizeof in);
+        __builtin_memcpy(base + j, &b, sizeof b);
+        for (int q = 0; q < 8; ++q) __builtin_memcpy(w8 + q * kk + j, &w[q], sizeof w[q]);
+    }
+    if (j < count)
+        cell_rows(count - j, ox, oy, oz, dx, dy, dz, tmin, ticks + j, X1, Y1, Z1, sy, sz, base + j, inside + j,
+                  w8 + j, w8 + kk + j, w8 + 2 * kk + j, w8 + 3 * kk + j, w8 + 4 * kk + j, w8 + 5 * kk + j,
+                  w8 + 6 * kk + j, w8 + 7 * kk + j);
+}
+
+static int avx2_state = -1;  /* -1 unknown; a benign race: every thread finds the same value */
+static int cpu_has_avx2(void) {
+    if (avx2_state < 0) avx2_state = __builtin_cpu_supports("avx2") ? 1 : 0;
+    return avx2_state;
+}
+/* enable < 0: query; 0: scalar loops only; > 0: AVX2 where the CPU has it. Returns the state. */
+int sjc_voxel_simd(int enable) {
+    if (enable >= 0) avx2_state = enable ? (__builtin_cpu_supports("avx2") ? 1 : 0) : 0;
+    return cpu_has_avx2();
+}
+#else
+#define HAVE_AVX2_PATH 0
+static int cpu_has_avx2(void) { return 0; }
+int sjc_voxel_simd(int enable) { (void)enable; return 0; }
+#endif
+
+INLINE void softplus_alpha_rows(int64_t count, const float *raw, float scale, float shift, float step,
+                                float *slope, float *alpha) {
+#if HAVE_AVX2_PATH
+    if (cpu_has_avx2()) {
+        softplus_alpha_avx2(count, raw, scale, shift, step, slope, alpha);
+        return;
+    }
+#endif
+    softplus_alpha_scalar(0, count, raw, scale, shift, step, slope, alpha);
+}
+
 INLINE void cells(int64_t count, float ox, float oy, float oz, float dx, float dy, float dz,
                   float tmin, const float *ticks, int64_t X, int64_t Y, int64_t Z, int64_t kk,
                   int32_t *base, int32_t *inside, float *w8) {
+#if HAVE_AVX2_PATH
+    if (cpu_has_avx2()) {
+        cell_rows_avx2(count, ox, oy, oz, dx, dy, dz, tmin, ticks, (int32_t)X - 1, (int32_t)Y - 1,
+                       (int32_t)Z - 1, (int32_t)X, (int32_t)(X * Y), base, inside, w8, kk);
+        return;
+    }
+#endif
     cell_rows(count, ox, oy, oz, dx, dy, dz, tmin, ticks, (int32_t)X - 1, (int32_t)Y - 1,
               (int32_t)Z - 1, (int32_t)X, (int32_t)(X * Y), base, inside, w8, w8 + kk, w8 + 2 * kk,
               w8 + 3 * kk, w8 + 4 * kk, w8 + 5 * kk, w8 + 6 * kk, w8 + 7 * kk);
@@ -173,8 +333,8 @@ INLINE float activation_slope(float a, int kind) {  /* from the activated value 
 
    Per ray: sigma = softplus(raw * scale + shift), alpha = 1 - exp(-sigma * step),
    w = alpha * T with T the exclusive running product of (1 - alpha); features (activated)
-   only where w > threshold; rgb = sum w * feature. Saves raw, alpha and the softplus slope
-   for the backward. Samples j >= counts[r] are outside the box: their weight is 0 and nothing
+   only where w > threshold; rgb = sum w * feature, opacity = sum w, depth = sum w * t (both
+   summed in double). Saves raw, alpha and the softplus slope for the backward. Samples j >= counts[r] are outside the box: their weight is 0 and nothing
    else is written for them; features are written only where w > threshold.
    dens [Z*Y*X], feat [Z*Y*X, C]; cbase/cin/cw8 hold one ray's cells (see cells()). */
 INLINE void forward_rays(int64_t r0, int64_t r1, int64_t k, const int64_t *order,
@@ -182,8 +342,8 @@ INLINE void forward_rays(int64_t r0, int64_t r1, int64_t k, const int64_t *order
                          const int64_t *counts, const float *ticks,
                          const float *dens, const float *feat, int64_t X, int64_t Y, int64_t Z,
                          const int64_t C, float scale, float shift, float step, float threshold,
-                         int activation, float *rgb, float *w_out, float *raw_out,
-                         float *alpha_out, float *slope_out, float *feat_out,
+                         int activation, float *rgb, float *opacity, float *depth, float *w_out,
+                         float *raw_out, float *alpha_out, float *slope_out, float *feat_out,
                          int64_t kk, int32_t *cbase, int32_t *cin, float *cw8) {
     const int32_t sy = (int32_t)X, sz = (int32_t)(X * Y);
     int32_t idx[8];
@@ -220,24 +380,17 @@ INLINE void forward_rays(int64_t r0, int64_t r1, int64_t k, const int64_t *order
             }
             rawrow[j] = raw;
         }
-        for (int64_t j = 0; j < count; ++j) {  /* vectorised: softplus, its slope, alpha */
-            const float z = rawrow[j] * scale + shift;
-            const float ez = exp_poly(z);
-            const float u = 1.0f + ez;
-            const float inv = 1.0f / u;
-            const float soft = log_poly(u) + (ez - (u - 1.0f)) * inv;  /* log1p(ez) */
-            const float big = z > 20.0f;  /* torch's softplus threshold */
-            const float sigma = big ? z : soft;
-            srow[j] = big ? 1.0f : ez * inv;
-            arow[j] = 1.0f - exp_poly(-sigma * step);
-        }
+        softplus_alpha_rows(count, rawrow, scale, shift, step, srow, arow);
         float T = 1.0f;
+        double w_sum = 0.0, wt_sum = 0.0;
         for (int64_t c = 0; c < C; ++c) acc[c] = 0.0f;
         for (int64_t j = 0; j < count; ++j) {  /* transmittance, weights, features */
             const float alpha = arow[j];
             const float w = alpha * T;
             T = T * (1.0f - alpha);
             wrow[j] = w;
+            w_sum += (double)w;
+            wt_sum += (double)(w * (t_min[r] + ticks[j]));
             if (w > threshold && j + 6 < count && cin[j + 6]) {  /* kept runs: fetch ahead */
                 const float *p = feat + (int64_t)cbase[j + 6] * C;
                 __builtin_prefetch(p); __builtin_prefetch(p + sy * C);
@@ -269,6 +422,8 @@ INLINE void forward_rays(int64_t r0, int64_t r1, int64_t k, const int64_t *order
         }
         for (int64_t j = count; j < k; ++j) wrow[j] = 0.0f;  /* the other rows are read up to count */
         for (int64_t c = 0; c < C; ++c) rgb[r * C + c] = acc[c];
+        opacity[r] = (float)w_sum;
+        depth[r] = (float)wt_sum;
     }
 }
 
@@ -277,8 +432,8 @@ int sjc_voxel_forward(int64_t r0, int64_t r1, int64_t k, const int64_t *order,
                       const int64_t *counts, const float *ticks,
                       const float *dens, const float *feat, int64_t X, int64_t Y, int64_t Z, int64_t C,
                       float scale, float shift, float step, float threshold, int activation,
-                      float *rgb, float *w_out, float *raw_out, float *alpha_out, float *slope_out,
-                      float *feat_out) {
+                      float *rgb, float *opacity, float *depth, float *w_out, float *raw_out,
+                      float *alpha_out, float *slope_out, float *feat_out) {
     if (C > 64 || C < 1) return -1;
     const int64_t kk = k > 0 ? k : 1;  /* one ray's cells */
     int32_t *cbase = (int32_t *)malloc(sizeof(int32_t) * kk);
@@ -286,7 +441,8 @@ int sjc_voxel_forward(int64_t r0, int64_t r1, int64_t k, const int64_t *order,
     float *cw8 = (float *)malloc(sizeof(float) * 8 * kk);
     if (!cbase || !cin || !cw8) { free(cbase); free(cin); free(cw8); return -2; }
 #define FORWARD(CC) forward_rays(r0, r1, k, order, org, dir, t_min, counts, ticks, dens, feat, X, Y, Z, CC, \
-        scale, shift, step, threshold, activation, rgb, w_out, raw_out, alpha_out, slope_out, feat_out, \
+        scale, shift, step, threshold, activation, rgb, opacity, depth, w_out, raw_out, alpha_out, slope_out, \
+        feat_out, \
         kk, cbase, cin, cw8)
     switch (C) {  /* constant channel counts let the compiler unroll the channel loops */
         case 3: FORWARD(3); break;
@@ -297,7 +453,8 @@ int sjc_voxel_forward(int64_t r0, int64_t r1, int64_t k, const int64_t *order,
     return 0;
 }
 
-/* dL/dsigma_j = step * (g_j * T_{j+1} - sum_{i>j} g_i w_i), with g_j = dL/dw_j and T_{j+1}
+/* dL/dsigma_j = step * (g_j * T_{j+1} - sum_{i>j} g_i w_i), with g_j = dL/dw_j (the weights'
+   own gradient g_w plus those through rgb, opacity and depth) and T_{j+1}
    the inclusive transmittance; through the softplus and scale to the raw density, then
    scattered to the corners (gdens [Z*Y*X]), and the feature gradients w_j * dL/drgb, only
    where w_j > threshold (gfeat [Z*Y*X, C]); both are accumulated into. Returns
@@ -307,8 +464,8 @@ INLINE double backward_rays(int64_t r0, int64_t r1, int64_t k, const int64_t *or
                             const int64_t *counts, const float *ticks,
                             int64_t X, int64_t Y, int64_t Z, const int64_t C,
                             float scale, float step, float threshold, int activation,
-                            const float *g_rgb, const float *g_w,
-                            const float *w_in, const float *raw_in, const float *alpha_in,
+                            const float *g_rgb, const float *g_w, const float *g_opacity,
+                            const float *g_depth, const float *w_in, const float *raw_in, const float *alpha_in,
                             const float *slope_in, const float *feat_in,
                             float *gdens, float *gfeat, float *gw,
                             int64_t kk, int32_t *cbase, int32_t *cin, float *cw8) {
@@ -326,8 +483,9 @@ INLINE double backward_rays(int64_t r0, int64_t r1, int64_t k, const int64_t *or
         const float *arow = alpha_in + r * k, *srow = slope_in + r * k, *rawrow = raw_in + r * k;
         const float *grgb = g_rgb + r * C;
         double total = 0.0;
+        const float g_op = g_opacity ? g_opacity[r] : 0.0f, g_dep = g_depth ? g_depth[r] : 0.0f;
         for (int64_t j = 0; j < count; ++j) {
-            float g = g_w ? g_w[r * k + j] : 0.0f;
+            float g = (g_w ? g_w[r * k + j] : 0.0f) + g_op + g_dep * (t_min[r] + ticks[j]);
             if (wrow[j] > threshold) {
                 const float *f = frow + j * C;
                 for (int64_t c = 0; c < C; ++c) g += grgb[c] * f[c];
@@ -337,15 +495,22 @@ INLINE double backward_rays(int64_t r0, int64_t r1, int64_t k, const int64_t *or
         }
         float T = 1.0f;
         double prefix = 0.0;
-        cells(count, ox, oy, oz, dx, dy, dz, t_min[r], ticks, X, Y, Z, kk, cbase, cin, cw8);
-        for (int64_t j = 0; j < count; ++j) {
-            const float w = wrow[j];
+        for (int64_t j = 0; j < count; ++j) {  /* dL/draw per sample, in place of gw */
             T = T * (1.0f - arow[j]);
-            prefix += (double)gw[j] * (double)w;
+            prefix += (double)gw[j] * (double)wrow[j];
             const float later = (float)(total - prefix);
             const float dsigma = step * (gw[j] * T - later);
-            const float graw = dsigma * srow[j] * scale;
-            gscale += (double)graw * (double)rawrow[j];
+            gw[j] = dsigma * srow[j] * scale;
+        }
+        double ray_scale = 0.0;
+        for (int64_t j = 0; j < count; ++j) ray_scale += (double)gw[j] * (double)rawrow[j];
+        gscale += ray_scale;
+        cells(count, ox, oy, oz, dx, dy, dz, t_min[r], ticks, X, Y, Z, kk, cbase, cin, cw8);
+        int32_t cur = -1;
+        float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+        for (int64_t j = 0; j < count; ++j) {
+            const float w = wrow[j];
+            const float graw = gw[j];
             if (j + 6 < count && cin[j + 6]) {  /* fetch a later sample's gradient rows early */
                 const int64_t b = cbase[j + 6];
                 float *p = gdens + b;
@@ -360,14 +525,25 @@ INLINE double backward_rays(int64_t r0, int64_t r1, int64_t k, const int64_t *or
             int m = 8;
             if (cin[j]) {
                 const int32_t b = cbase[j];
+                if (b != cur) {  /* consecutive samples in one cell: summed before touching the grid */
+                    if (cur >= 0) {
+                        float *p = gdens + cur;
+                        p[0] += acc[0]; p[1] += acc[1]; p[sy] += acc[2]; p[sy + 1] += acc[3];
+                        p[sz] += acc[4]; p[sz + 1] += acc[5]; p[sz + sy] += acc[6]; p[sz + sy + 1] += acc[7];
+                    }
+                    cur = b;
+                    for (int q = 0; q < 8; ++q) acc[q] = 0.0f;
+                }
+                for (int q = 0; q < 8; ++q) acc[q] += cw8[q * kk + j] * graw;
+                if (!(w > threshold)) continue;
                 idx[0] = b; idx[1] = b + 1; idx[2] = b + sy; idx[3] = b + sy + 1;
                 idx[4] = b + sz; idx[5] = b + sz + 1; idx[6] = b + sz + sy; idx[7] = b + sz + sy + 1;
                 for (int q = 0; q < 8; ++q) wt[q] = cw8[q * kk + j];
             } else {
                 const float t = t_min[r] + ticks[j];
                 m = corners(ox + dx * t, oy + dy * t, oz + dz * t, X, Y, Z, idx, wt);
+                for (int q = 0; q < m; ++q) gdens[idx[q]] += wt[q] * graw;
             }
-            for (int q = 0; q < m; ++q) gdens[idx[q]] += wt[q] * graw;
             if (w > threshold) {
                 const float *f = frow + j * C;
                 for (int64_t c = 0; c < C; ++c) df[c] = w * grgb[c] * activation_slope(f[c], activation);
@@ -376,6 +552,11 @@ INLINE double backward_rays(int64_t r0, int64_t r1, int64_t k, const int64_t *or
                     for (int64_t c = 0; c < C; ++c) o[c] += wt[q] * df[c];
                 }
             }
+        }
+        if (cur >= 0) {
+            float *p = gdens + cur;
+            p[0] += acc[0]; p[1] += acc[1]; p[sy] += acc[2]; p[sy + 1] += acc[3];
+            p[sz] += acc[4]; p[sz + 1] += acc[5]; p[sz + sy] += acc[6]; p[sz + sy + 1] += acc[7];
         }
     }
     return gscale;
@@ -386,7 +567,7 @@ int sjc_voxel_backward(int64_t r0, int64_t r1, int64_t k, const int64_t *order,
                        const int64_t *counts, const float *ticks,
                        int64_t X, int64_t Y, int64_t Z, int64_t C,
                        float scale, float step, float threshold, int activation,
-                       const float *g_rgb, const float *g_w,
+                       const float *g_rgb, const float *g_w, const float *g_opacity, const float *g_depth,
                        const float *w_in, const float *raw_in, const float *alpha_in,
                        const float *slope_in, const float *feat_in,
                        float *gdens, float *gfeat, double *grad_scale) {
@@ -398,7 +579,7 @@ int sjc_voxel_backward(int64_t r0, int64_t r1, int64_t k, const int64_t *order,
     float *cw8 = (float *)malloc(sizeof(float) * 8 * kk);
     if (!gw || !cbase || !cin || !cw8) { free(gw); free(cbase); free(cin); free(cw8); return -2; }
 #define BACKWARD(CC) backward_rays(r0, r1, k, order, org, dir, t_min, counts, ticks, X, Y, Z, CC, scale, \
-        step, threshold, activation, g_rgb, g_w, w_in, raw_in, alpha_in, slope_in, feat_in, gdens, \
+        step, threshold, activation, g_rgb, g_w, g_opacity, g_depth, w_in, raw_in, alpha_in, slope_in, feat_in, gdens, \
         gfeat, gw, kk, cbase, cin, cw8)
     switch (C) {
         case 3: *grad_scale = BACKWARD(3); break;
@@ -410,77 +591,23 @@ int sjc_voxel_backward(int64_t r0, int64_t r1, int64_t k, const int64_t *order,
 }
 """
 
-# No -ffast-math: results must follow IEEE float32 like torch. -fno-trapping-math only lets the
-# compiler turn branches on floats into selects (vectorisation); it changes no value.
-FLAGS = ["-O3", "-std=c99", "-shared", "-fPIC", "-fno-math-errno", "-fno-trapping-math", "-ffp-contract=off"]
-
-
-def cache_dir() -> Path:
-    root = os.environ.get("SJC_CACHE_DIR")
-    if root:
-        return Path(root)
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg) if xdg else Path.home() / ".cache") / "sjc"
-
-
-def _compiler() -> str | None:
-    for name in (os.environ.get("CC"), "cc", "gcc", "clang"):
-        if name and shutil.which(name):
-            return name
-    return None
-
-
-class KernelUnavailable(RuntimeError):
-    """The kernel could not be built or loaded (the reason is the message)."""
-
-
-def load_kernel() -> ctypes.CDLL:
-    """Build (once per source/compiler/platform) and load the kernel library."""
-    if sys.platform == "win32":
-        raise KernelUnavailable("the native kernel is not built on Windows")
-    cc = _compiler()
-    if cc is None:
-        raise KernelUnavailable("no C compiler found (set CC)")
-    key = hashlib.sha1("\0".join([SOURCE, cc, *FLAGS, sys.platform, os.uname().machine]).encode()).hexdigest()[:16]
-    folder = cache_dir() / "kernels"
-    library = folder / f"voxel_{key}.so"
-    if not library.exists():
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-            with tempfile.TemporaryDirectory(dir=folder) as tmp:
-                src = Path(tmp) / "voxel.c"
-                src.write_text(SOURCE)
-                built = Path(tmp) / "voxel.so"
-                proc = subprocess.run(
-                    [cc, *FLAGS, str(src), "-o", str(built), "-lm"], capture_output=True, text=True, timeout=120
-                )
-                if proc.returncode != 0:
-                    first = (proc.stderr.strip().splitlines() or ["unknown error"])[0]
-                    raise KernelUnavailable(f"{cc} failed: {first}")
-                os.replace(built, library)  # atomic: concurrent builders agree
-        except OSError as exc:
-            raise KernelUnavailable(f"cannot build in {folder}: {exc}") from exc
-    try:
-        lib = ctypes.CDLL(str(library))
-    except OSError as exc:
-        raise KernelUnavailable(f"cannot load {library}: {exc}") from exc
-    i64, f32, ptr = ctypes.c_int64, ctypes.c_float, ctypes.c_void_p
-    lib.sjc_voxel_forward.restype = ctypes.c_int
-    lib.sjc_voxel_forward.argtypes = [
-        i64, i64, i64, ptr, ptr, ptr, ptr, ptr, ptr, ptr, ptr, i64, i64, i64, i64,
-        f32, f32, f32, f32, ctypes.c_int, ptr, ptr, ptr, ptr, ptr, ptr,
-    ]
-    lib.sjc_voxel_backward.restype = ctypes.c_int
-    lib.sjc_voxel_backward.argtypes = [
-        i64, i64, i64, ptr, ptr, ptr, ptr, ptr, ptr, i64, i64, i64, i64,
-        f32, f32, f32, ctypes.c_int, ptr, ptr, ptr, ptr, ptr, ptr, ptr, ptr, ptr, ptr,
-    ]
-    return lib
+I64, F32, PTR = ctypes.c_int64, ctypes.c_float, ctypes.c_void_p
+SIGNATURES = {
+    "sjc_voxel_forward": (ctypes.c_int, [
+        I64, I64, I64, PTR, PTR, PTR, PTR, PTR, PTR, PTR, PTR, I64, I64, I64, I64,
+        F32, F32, F32, F32, ctypes.c_int, PTR, PTR, PTR, PTR, PTR, PTR, PTR, PTR,
+    ]),
+    "sjc_voxel_simd": (ctypes.c_int, [ctypes.c_int]),
+    "sjc_voxel_backward": (ctypes.c_int, [
+        I64, I64, I64, PTR, PTR, PTR, PTR, PTR, PTR, I64, I64, I64, I64,
+        F32, F32, F32, ctypes.c_int, PTR, PTR, PTR, PTR, PTR, PTR, PTR, PTR, PTR, PTR, PTR, PTR,
+    ]),
+}
 
 
 def kernel_or_reason() -> tuple[ctypes.CDLL | None, str]:
     """The loaded kernel, or None and why not (``SJC_NATIVE=0`` disables it)."""
-    if os.environ.get("SJC_NATIVE", "1").strip().lower() in ("0", "false", "no", "off"):
+    if native.disabled():
         return None, "disabled by SJC_NATIVE=0"
     return _cached_kernel()
 
@@ -489,6 +616,6 @@ def kernel_or_reason() -> tuple[ctypes.CDLL | None, str]:
 def _cached_kernel() -> tuple[ctypes.CDLL | None, str]:
     """One build attempt per process, success or failure."""
     try:
-        return load_kernel(), ""
-    except KernelUnavailable as exc:
+        return native.build_library("voxel", SOURCE, SIGNATURES), ""
+    except native.NativeUnavailable as exc:
         return None, str(exc)

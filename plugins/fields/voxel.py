@@ -293,15 +293,18 @@ class _FusedVoxelRender(torch.autograd.Function):
 
 
 class _NativeVoxelRender(torch.autograd.Function):
-    """The same node as :class:`_FusedVoxelRender`, computed by the compiled per-ray kernel."""
+    """The node of :class:`_FusedVoxelRender`, computed by the compiled per-ray kernel, which
+    also sums opacity and depth on its way along each ray."""
 
     @staticmethod
     def forward(  # type: ignore[override]
         ctx: Any, density: torch.Tensor, features: torch.Tensor, d_scale: torch.Tensor, plan: dict[str, Any]
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         n, k = plan["n"], plan["k"]
         channels = features.shape[-1]
         rgb = torch.empty(n, channels)
+        opacity = torch.empty(n)
+        depth = torch.empty(n)
         w = torch.empty(n, k)
         raw = torch.empty(n, k)
         alpha = torch.empty(n, k)
@@ -318,7 +321,7 @@ class _NativeVoxelRender(torch.autograd.Function):
                 r0, r1, k, plan["order_ptr"], ptr(plan["org"]), ptr(plan["dir"]), ptr(plan["t_min"]),
                 ptr(plan["counts"]), ptr(plan["ticks"]), ptr(dens), ptr(feat), *plan["xyz"], channels,
                 scale, plan["shift"], plan["step"], plan["threshold"], plan["activation"],
-                ptr(rgb), ptr(w), ptr(raw), ptr(alpha), ptr(slope), ptr(feats),
+                ptr(rgb), ptr(opacity), ptr(depth), ptr(w), ptr(raw), ptr(alpha), ptr(slope), ptr(feats),
             )
             if status != 0:
                 raise RuntimeError(f"voxel kernel failed ({status}): 1 to 64 channels, or out of memory")
@@ -328,18 +331,23 @@ class _NativeVoxelRender(torch.autograd.Function):
         ctx.plan = plan
         ctx.scale = scale
         ctx.shapes = (density.shape, features.shape)
-        return rgb, w
+        return rgb, w, opacity, depth
 
     @staticmethod
     def backward(  # type: ignore[override]
-        ctx: Any, grad_rgb: torch.Tensor | None, grad_w: torch.Tensor | None
+        ctx: Any,
+        grad_rgb: torch.Tensor | None,
+        grad_w: torch.Tensor | None,
+        grad_opacity: torch.Tensor | None,
+        grad_depth: torch.Tensor | None,
     ) -> tuple[Any, ...]:
         w, raw, alpha, slope, feats = ctx.saved_tensors
         plan = ctx.plan
         n, k = plan["n"], plan["k"]
         channels = feats.shape[-1]
         g_rgb = torch.zeros(n, channels) if grad_rgb is None else grad_rgb.contiguous()
-        g_w = None if grad_w is None else grad_w.contiguous()
+        g_w, g_opacity, g_depth = (None if g is None else g.contiguous() for g in (grad_w, grad_opacity, grad_depth))
+        optional = lambda t: None if t is None else t.data_ptr()  # noqa: E731
         splits = plan["splits"]
         parts = len(splits) - 1
         dens_shape, feat_shape = ctx.shapes
@@ -353,7 +361,8 @@ class _NativeVoxelRender(torch.autograd.Function):
                 r0, r1, k, plan["order_ptr"], ptr(plan["org"]), ptr(plan["dir"]), ptr(plan["t_min"]),
                 ptr(plan["counts"]), ptr(plan["ticks"]), *plan["xyz"], channels,
                 ctx.scale, plan["step"], plan["threshold"], plan["activation"],
-                ptr(g_rgb), None if g_w is None else ptr(g_w), ptr(w), ptr(raw), ptr(alpha), ptr(slope),
+                ptr(g_rgb), optional(g_w), optional(g_opacity), optional(g_depth),
+                ptr(w), ptr(raw), ptr(alpha), ptr(slope),
                 ptr(feats), ptr(grads[part][0]), ptr(grads[part][1]),
                 ctypes.byref(partial, part * ctypes.sizeof(ctypes.c_double)),
             )
@@ -487,9 +496,10 @@ class VoxelField(torch.nn.Module):
         return groups
 
     # ---- fast path
-    def render_foreground(self, bundle: SampleBundle) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """Fused foreground integral: features [n, C] and weights [n, k] (equals the generic
-        path; None declines, for the ``generic`` backend)."""
+    def render_foreground(self, bundle: SampleBundle) -> tuple[torch.Tensor, ...] | None:
+        """Fused foreground integral: features [n, C] and weights [n, k], and from the native
+        kernel also opacity [n] and depth [n] (equals the generic path; None declines, for the
+        ``generic`` backend)."""
         if self.backend == "generic":
             return None
         device = self.density_grid.device
