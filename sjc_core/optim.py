@@ -31,19 +31,31 @@ SOURCE = r"""
 
 /* torch.optim.Adamax on n float32 values (torch's single-tensor formulas, in its order):
    m = lerp(m, g, weight); u = maximum(u * beta2, |g| + eps); p = p + neg_clr * m / u.
-   torch's vectorised lerp (weight < 0.5) is fma(weight, g - m, m) where the CPU has FMA. */
+   torch's vectorised lerp (weight < 0.5) is fma(weight, g - m, m) where the CPU has FMA.
+
+   A block whose gradient and first moment are all zero and whose u sits at its floor eps
+   would be rewritten with its own values (m stays 0, u stays eps, p moves by 0), so it is
+   skipped: voxel cells that never had a gradient (empty space far from any surface) cost
+   one read instead of a read and a write back. */
+#define IDLE_BLOCK 64
 static inline __attribute__((always_inline)) void adamax_loop(
         int64_t n, float *restrict p, const float *restrict g, float *restrict m, float *restrict u,
         float weight, float beta2, float eps, float neg_clr, int fused) {
-    for (int64_t i = 0; i < n; ++i) {
-        const float gi = g[i], m0 = m[i];
-        const float mi = fused ? fmaf(weight, gi - m0, m0) : m0 + weight * (gi - m0);
-        const float a = u[i] * beta2;
-        const float b = fabsf(gi) + eps;
-        const float ui = (a > b || a != a) ? a : b;  /* torch.maximum propagates NaN */
-        m[i] = mi;
-        u[i] = ui;
-        p[i] = p[i] + neg_clr * mi / ui;
+    for (int64_t start = 0; start < n; start += IDLE_BLOCK) {
+        const int64_t end = start + IDLE_BLOCK < n ? start + IDLE_BLOCK : n;
+        int idle = 1;
+        for (int64_t i = start; i < end; ++i) idle &= (g[i] == 0.0f) & (m[i] == 0.0f) & (u[i] == eps);
+        if (idle) continue;
+        for (int64_t i = start; i < end; ++i) {
+            const float gi = g[i], m0 = m[i];
+            const float mi = fused ? fmaf(weight, gi - m0, m0) : m0 + weight * (gi - m0);
+            const float a = u[i] * beta2;
+            const float b = fabsf(gi) + eps;
+            const float ui = (a > b || a != a) ? a : b;  /* torch.maximum propagates NaN */
+            m[i] = mi;
+            u[i] = ui;
+            p[i] = p[i] + neg_clr * mi / ui;
+        }
     }
 }
 

@@ -117,3 +117,23 @@ def test_nan_gradients_propagate_like_torch():
     p.grad = torch.full((10,), float("nan"))
     opt.step()
     assert torch.isnan(p).all() and torch.isnan(opt.state[p]["exp_inf"]).all()
+
+
+def test_never_touched_blocks_are_skipped_without_changing_a_value():
+    """Blocks with zero gradient and zero moment are skipped (voxels far from any surface);
+    their parameters stay put and the rest follows torch exactly."""
+    _needs_library()
+    gen = torch.Generator().manual_seed(3)
+    start = torch.randn(1000, generator=gen)
+    ours, theirs = torch.nn.Parameter(start.clone()), torch.nn.Parameter(start.clone())
+    opts = Adamax([ours], lr=0.05), torch.optim.Adamax([theirs], lr=0.05)
+    touched = torch.zeros(1000, dtype=torch.bool)
+    touched[130:470] = True  # whole blocks of 64 untouched on both sides, and partial ones
+    for step in range(5):
+        grad = torch.where(touched, torch.randn(1000, generator=gen), torch.zeros(1000))
+        for p, opt in zip((ours, theirs), opts):
+            p.grad = grad.clone()
+            opt.step()
+    torch.testing.assert_close(ours, theirs, rtol=1e-6, atol=1e-7)
+    assert torch.equal(ours[~touched], start[~touched])
+    assert torch.equal(opts[0].state[ours]["exp_inf"], opts[1].state[theirs]["exp_inf"])
