@@ -316,7 +316,7 @@ def render_turntable(
     poses = test_path(camera, plan.radius)
     with torch.no_grad():
         for index, pose in enumerate(poses):
-            render = render_view(parts.field, K, pose, size, size, subpixel=subpixel)
+            render = render_view(parts.field, K, pose, size, size, subpixel=subpixel, keep_weights=False)
             scored = render.image[None]
             if size != parts.prior.resolution:
                 scored = F.interpolate(scored, size=(parts.prior.resolution,) * 2, mode="bilinear", align_corners=False)

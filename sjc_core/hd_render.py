@@ -79,7 +79,7 @@ def render_features(
     from sjc_core.render import render_view
 
     big = size * subpixel
-    out = render_view(field, intrinsics(fov_deg, big, big), c2w, big, big, chunk_rays=chunk_rays)
+    out = render_view(field, intrinsics(fov_deg, big, big), c2w, big, big, chunk_rays=chunk_rays, keep_weights=False)
     image = out.image[None].float()
     if image.shape[-1] != resolution:
         image = F.interpolate(image, size=(resolution, resolution), mode="bilinear", align_corners=False,

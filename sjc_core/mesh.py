@@ -339,7 +339,7 @@ def _decoded_view_renderer(parts: Any, plan: Any, fov_deg: float) -> Callable[[n
 
     @torch.no_grad()
     def render(c2w: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        out = render_view(parts.field, K, c2w, size, size)
+        out = render_view(parts.field, K, c2w, size, size, keep_weights=False)
         image = out.image[None]
         if size != parts.prior.resolution:
             image = F.interpolate(image, size=(parts.prior.resolution,) * 2, mode="bilinear", align_corners=False)

@@ -18,7 +18,7 @@ docstring), a fused implementation of the same integral; the voxel field does.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 from typing import Any
 
@@ -335,6 +335,7 @@ def render_view(
     *,
     subpixel: int = 1,
     chunk_rays: int | None = None,
+    keep_weights: bool = True,
 ) -> RenderOutput:
     """Render a camera: image [C, H, W], depth [H, W], opacity [H, W], weights [N, k].
 
@@ -342,6 +343,9 @@ def render_view(
     then hold the N = H*W*f*f sub-rays). ``chunk_rays`` bounds memory (default
     ``DEFAULT_CHUNK_RAYS``); chunking does not change the result, and the weights of all
     chunks are padded to one k so ``sample_count`` equals an unchunked render's.
+    ``keep_weights=False`` (pictures, videos, meshes) drops each chunk's per-sample weights
+    once it is composited, so a large render holds one chunk's worth, not N * k floats;
+    ``weights`` is then an empty [N, 0] tensor and ``sample_count`` still counts N * k.
     """
     aabb = field.aabb
     device = aabb.device
@@ -360,15 +364,20 @@ def render_view(
         part = slice(s, s + chunk)
         order = _tile_order(pixels[part], width * int(subpixel))
         bundle = make_bundle(ro[part], rd[part], t_min[part], t_max[part], step, order)
-        parts.append(_render_bundle(field, bundle))
-    if len(parts) == 1:
-        out = parts[0]
-        image, depth, opacity, weights = out.image, out.depth, out.opacity, out.weights
+        out = _render_bundle(field, bundle)
+        if not keep_weights:  # a fresh empty tensor: a view would keep the chunk's storage alive
+            out = replace(out, weights=out.weights.new_empty(out.weights.shape[0], 0))
+        parts.append(out)
+    joined = lambda name: torch.cat([getattr(p, name) for p in parts])  # noqa: E731
+    image, depth, opacity = (
+        getattr(parts[0], name) if len(parts) == 1 else joined(name) for name in ("image", "depth", "opacity")
+    )
+    k = max(p.sample_count // p.image.shape[0] for p in parts)
+    if not keep_weights:
+        weights = image.new_empty(total, 0)
+    elif len(parts) == 1:
+        weights = parts[0].weights
     else:
-        k = max(p.weights.shape[1] for p in parts)
-        image = torch.cat([p.image for p in parts])
-        depth = torch.cat([p.depth for p in parts])
-        opacity = torch.cat([p.opacity for p in parts])
         weights = torch.cat([torch.nn.functional.pad(p.weights, (0, k - p.weights.shape[1])) for p in parts])
     f = int(subpixel)
     channels = image.shape[-1]
@@ -380,5 +389,5 @@ def render_view(
         depth=depth,
         opacity=opacity,
         weights=weights,
-        sample_count=int(weights.shape[0] * weights.shape[1]),
+        sample_count=total * k,
     )

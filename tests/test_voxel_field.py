@@ -216,6 +216,19 @@ def test_chunked_render_equals_unchunked():
     torch.testing.assert_close(parts.weights, whole.weights, atol=1e-7, rtol=1e-6)
 
 
+@pytest.mark.parametrize("chunk_rays", [None, 37])
+def test_pictures_without_weights_equal_a_full_render(chunk_rays):
+    """keep_weights=False (videos, HD frames, meshes) changes no pixel and keeps the count."""
+    field = randomise(build(grid_size=16))
+    K, pose = camera([1.2, 0.6, 1.1], size=20)
+    with torch.no_grad():
+        whole = render_view(field, K, pose, 20, 20)
+        light = render_view(field, K, pose, 20, 20, chunk_rays=chunk_rays, keep_weights=False)
+    for name in ("image", "depth", "opacity"):
+        torch.testing.assert_close(getattr(light, name), getattr(whole, name), atol=1e-6, rtol=1e-6)
+    assert light.weights.shape == (400, 0) and light.sample_count == whole.sample_count
+
+
 def test_rays_missing_the_box_show_pure_background():
     field = randomise(build(grid_size=8))
     eye = np.array([0.0, 0.0, 3.0])
