@@ -4,10 +4,11 @@ Array-at-a-time torch code spends most of a step writing and re-reading per-samp
 temporaries. This kernel marches each ray once: trilinear gather of density, the
 reference's alpha/transmittance/weight formulas in float32 and in the reference's order,
 features only above the weight threshold, and the analytic backward that scatters density
-and feature gradients straight into the grid gradients. It is plain C99 (no Python or torch
-headers), built on first use by :mod:`sjc_core.native` (system C compiler, per-user cache,
-ctypes); ctypes releases the GIL during the call, so ray ranges can run on several
-threads. Without a compiler the field falls back to its torch/scipy path.
+and feature gradients straight into the grid gradients. It is C99 (no Python or torch
+headers; GCC/Clang vector extensions only inside the guarded AVX2 block), built on first
+use by :mod:`sjc_core.native` (system C compiler, per-user cache, ctypes); ctypes releases
+the GIL during the call, so ray ranges can run on several threads. Without a compiler the
+field falls back to its torch/scipy path.
 
 On x86 CPUs with AVX2 the two purely arithmetic loops (cell weights; softplus, its slope and
 alpha) run eight samples at a time through the compiler's vector extensions, chosen at run
