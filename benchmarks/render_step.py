@@ -1,7 +1,8 @@
 """Time one SJC-shaped step of the voxel renderer and compare with the reference.
 
 A step: render camera 0 of the parity case at 64x64 with C=4 latents from a 100^3 grid,
-take one backward of ``-sum(g * image) + emptiness`` and one Adamax step. The parameters
+take one backward of ``-sum(g * image) + emptiness`` and one Adamax step (the engine's
+:class:`sjc_core.optim.Adamax`, torch's numbers from one C pass). The parameters
 are each scenario's from shared/parity/README.md section 2 (restored before every step so
 all steps do the same work). Prints one JSON line per scenario: median/min/max wall seconds
 over the timed steps, median CPU seconds of the process, peak RSS of the whole process
