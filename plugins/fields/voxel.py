@@ -331,6 +331,7 @@ class _NativeVoxelRender(torch.autograd.Function):
         ctx.plan = plan
         ctx.scale = scale
         ctx.shapes = (density.shape, features.shape)
+        ctx.set_materialize_grads(False)  # an unused output's gradient stays None: no [n, k] zeros
         return rgb, w, opacity, depth
 
     @staticmethod
