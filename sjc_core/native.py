@@ -80,6 +80,7 @@ def build_library(name: str, source: str, signatures: dict[str, tuple[object, Se
                 os.replace(built, library)  # atomic: concurrent builders agree
         except OSError as exc:
             raise NativeUnavailable(f"cannot build in {folder}: {exc}") from exc
+        _remove_older_builds(folder, name, keep=library)
     try:
         lib = ctypes.CDLL(str(library))
     except OSError as exc:
@@ -89,3 +90,14 @@ def build_library(name: str, source: str, signatures: dict[str, tuple[object, Se
         symbol.restype = restype
         symbol.argtypes = list(argtypes)
     return lib
+
+
+def _remove_older_builds(folder: Path, name: str, keep: Path) -> None:
+    """Drop this library's builds from earlier sources (a process that still has one loaded
+    keeps its mapping); best effort, a file in use elsewhere or gone already is fine."""
+    for stale in folder.glob(f"{name}_*.so"):
+        if stale != keep:
+            try:
+                stale.unlink()
+            except OSError:
+                pass
