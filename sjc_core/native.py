@@ -101,3 +101,22 @@ def _remove_older_builds(folder: Path, name: str, keep: Path) -> None:
                 stale.unlink()
             except OSError:
                 pass
+
+
+# One build attempt per process and (library, source), success or failure.
+_LOADED: dict[tuple[str, str], tuple[ctypes.CDLL | None, str]] = {}
+
+
+def library_or_reason(
+    name: str, source: str, signatures: dict[str, tuple[object, Sequence[object]]]
+) -> tuple[ctypes.CDLL | None, str]:
+    """The loaded library, or None and why not (``SJC_NATIVE=0``, no compiler, a failed build)."""
+    if disabled():
+        return None, "disabled by SJC_NATIVE=0"
+    key = (name, source)
+    if key not in _LOADED:
+        try:
+            _LOADED[key] = build_library(name, source, signatures), ""
+        except NativeUnavailable as exc:
+            _LOADED[key] = None, str(exc)
+    return _LOADED[key]

@@ -16,7 +16,6 @@ differentiable, capturable, no C compiler, ``SJC_NATIVE=0``) takes torch's own s
 from __future__ import annotations
 
 import ctypes
-import functools
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -96,17 +95,9 @@ SIGNATURES = {
 PARALLEL_MIN = 1 << 20  # values per tensor before the update is split over torch's threads
 
 
-@functools.lru_cache(maxsize=1)
-def _cached_library() -> ctypes.CDLL | None:
-    try:
-        return native.build_library("adamax", SOURCE, SIGNATURES)
-    except native.NativeUnavailable:
-        return None
-
-
 def fused_library() -> ctypes.CDLL | None:
     """The compiled update, or None (no compiler, or ``SJC_NATIVE=0``)."""
-    return None if native.disabled() else _cached_library()
+    return native.library_or_reason("adamax", SOURCE, SIGNATURES)[0]
 
 
 def _scalar_dtype() -> torch.dtype:

@@ -19,7 +19,6 @@ time; they do the scalar code's operations in its order, so both paths give the 
 from __future__ import annotations
 
 import ctypes
-import functools
 
 from sjc_core import native
 
@@ -607,16 +606,5 @@ SIGNATURES = {
 
 
 def kernel_or_reason() -> tuple[ctypes.CDLL | None, str]:
-    """The loaded kernel, or None and why not (``SJC_NATIVE=0`` disables it)."""
-    if native.disabled():
-        return None, "disabled by SJC_NATIVE=0"
-    return _cached_kernel()
-
-
-@functools.lru_cache(maxsize=1)
-def _cached_kernel() -> tuple[ctypes.CDLL | None, str]:
-    """One build attempt per process, success or failure."""
-    try:
-        return native.build_library("voxel", SOURCE, SIGNATURES), ""
-    except native.NativeUnavailable as exc:
-        return None, str(exc)
+    """The loaded kernel, or None and why not (``SJC_NATIVE=0``, no compiler, ...)."""
+    return native.library_or_reason("voxel", SOURCE, SIGNATURES)
