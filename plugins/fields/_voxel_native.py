@@ -114,6 +114,22 @@ INLINE int corners(float ux, float uy, float uz, int64_t X, int64_t Y, int64_t Z
     return m;
 }
 
+/* The 8 corners of an inside cell with base index b (corner 0), in corners()'s order, with
+   their weights from column j of the cell rows w8 (see cells()). */
+INLINE void cell_corners(int32_t b, int32_t sy, int32_t sz, const float *w8, int64_t kk, int64_t j,
+                         int32_t *idx, float *wt) {
+    idx[0] = b; idx[1] = b + 1; idx[2] = b + sy; idx[3] = b + sy + 1;
+    idx[4] = b + sz; idx[5] = b + sz + 1; idx[6] = b + sz + sy; idx[7] = b + sz + sy + 1;
+    for (int q = 0; q < 8; ++q) wt[q] = w8[q * kk + j];
+}
+
+/* grid[corner q of the inside cell at b] += add[q], corners in corners()'s order. */
+INLINE void add_to_cell(float *grid, int32_t b, int32_t sy, int32_t sz, const float *add) {
+    float *p = grid + b;
+    p[0] += add[0]; p[1] += add[1]; p[sy] += add[2]; p[sy + 1] += add[3];
+    p[sz] += add[4]; p[sz + 1] += add[5]; p[sz + sy] += add[6]; p[sz + sy + 1] += add[7];
+}
+
 /* The cell of each sample j < count of a ray, as structure-of-arrays: base index (corner
    0), whether all 8 corners lie in the grid, and the 8 weights in corners()'s order. A
    straight loop the compiler vectorises (restrict rows: no aliasing checks); samples near a
@@ -399,10 +415,7 @@ INLINE void forward_rays(int64_t r0, int64_t r1, int64_t k, const int64_t *order
             if (w > threshold) {  /* only these features are read back (by the backward) */
                 int m = 8;
                 if (cin[j]) {
-                    const int32_t b = cbase[j];
-                    idx[0] = b; idx[1] = b + 1; idx[2] = b + sy; idx[3] = b + sy + 1;
-                    idx[4] = b + sz; idx[5] = b + sz + 1; idx[6] = b + sz + sy; idx[7] = b + sz + sy + 1;
-                    for (int q = 0; q < 8; ++q) wt[q] = cw8[q * kk + j];
+                    cell_corners(cbase[j], sy, sz, cw8, kk, j, idx, wt);
                 } else {
                     const float t = t_min[r] + ticks[j];
                     m = corners(ox + dx * t, oy + dy * t, oz + dz * t, X, Y, Z, idx, wt);
@@ -526,19 +539,13 @@ INLINE double backward_rays(int64_t r0, int64_t r1, int64_t k, const int64_t *or
             if (cin[j]) {
                 const int32_t b = cbase[j];
                 if (b != cur) {  /* consecutive samples in one cell: summed before touching the grid */
-                    if (cur >= 0) {
-                        float *p = gdens + cur;
-                        p[0] += acc[0]; p[1] += acc[1]; p[sy] += acc[2]; p[sy + 1] += acc[3];
-                        p[sz] += acc[4]; p[sz + 1] += acc[5]; p[sz + sy] += acc[6]; p[sz + sy + 1] += acc[7];
-                    }
+                    if (cur >= 0) add_to_cell(gdens, cur, sy, sz, acc);
                     cur = b;
                     for (int q = 0; q < 8; ++q) acc[q] = 0.0f;
                 }
                 for (int q = 0; q < 8; ++q) acc[q] += cw8[q * kk + j] * graw;
                 if (!(w > threshold)) continue;
-                idx[0] = b; idx[1] = b + 1; idx[2] = b + sy; idx[3] = b + sy + 1;
-                idx[4] = b + sz; idx[5] = b + sz + 1; idx[6] = b + sz + sy; idx[7] = b + sz + sy + 1;
-                for (int q = 0; q < 8; ++q) wt[q] = cw8[q * kk + j];
+                cell_corners(b, sy, sz, cw8, kk, j, idx, wt);
             } else {
                 const float t = t_min[r] + ticks[j];
                 m = corners(ox + dx * t, oy + dy * t, oz + dz * t, X, Y, Z, idx, wt);
@@ -553,11 +560,7 @@ INLINE double backward_rays(int64_t r0, int64_t r1, int64_t k, const int64_t *or
                 }
             }
         }
-        if (cur >= 0) {
-            float *p = gdens + cur;
-            p[0] += acc[0]; p[1] += acc[1]; p[sy] += acc[2]; p[sy + 1] += acc[3];
-            p[sz] += acc[4]; p[sz + 1] += acc[5]; p[sz + sy] += acc[6]; p[sz + sy + 1] += acc[7];
-        }
+        if (cur >= 0) add_to_cell(gdens, cur, sy, sz, acc);
     }
     return gscale;
 }
