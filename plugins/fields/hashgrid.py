@@ -28,7 +28,13 @@ from sjc_core.errors import SjcError
 from sjc_core.hookspecs import hookimpl
 from sjc_core.render import SampleBundle, VolumeWeights
 from sjc_plugins.fields.hash_encoding import HashEncoding, HashGridSpec
-from sjc_plugins.fields.voxel import activate, background_lookup, grid_xyz  # same activations, sizes, background
+from sjc_plugins.fields.voxel import (  # same activations, sizes, background as the voxel field
+    Activation,
+    activate,
+    background_lookup,
+    check_grid_size,
+    grid_xyz,
+)
 
 Backend = Literal["auto", "torch", "tinycudann"]
 
@@ -61,7 +67,7 @@ class HashGridOptions(BaseModel):
     bg_texture_size: int = Field(
         4, ge=0, description="side of the spherical background texture; 0 = no texture, zero background"
     )
-    feature_activation: Literal["auto", "identity", "2*sigmoid-1", "sigmoid"] = Field(
+    feature_activation: Activation = Field(
         "auto", description="auto: identity for latent priors, 2*sigmoid-1 for pixel priors"
     )
     init_density: float = Field(0.0, description="initial raw density everywhere (the density head's output bias)")
@@ -90,12 +96,7 @@ class HashGridOptions(BaseModel):
     @field_validator("grid_size")
     @classmethod
     def _three_sizes(cls, value: int | list[int]) -> int | list[int]:
-        sizes = [value] * 3 if isinstance(value, int) else list(value)
-        if len(sizes) != 3:
-            raise ValueError("give one int or three [x, y, z]")
-        if any(s < 2 for s in sizes):
-            raise ValueError("every size must be >= 2")
-        return value
+        return check_grid_size(value)
 
     @model_validator(mode="after")
     def _resolutions_ordered(self) -> "HashGridOptions":

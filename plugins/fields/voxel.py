@@ -77,12 +77,17 @@ class VoxelOptions(BaseModel):
     @field_validator("grid_size")
     @classmethod
     def _three_sizes(cls, value: int | list[int]) -> int | list[int]:
-        sizes = [value] * 3 if isinstance(value, int) else list(value)
-        if len(sizes) != 3:
-            raise ValueError("give one int or three [x, y, z]")
-        if any(s < 2 for s in sizes):
-            raise ValueError("every size must be >= 2")
-        return value
+        return check_grid_size(value)
+
+
+def check_grid_size(value: int | list[int]) -> int | list[int]:
+    """The ``grid_size`` option check, shared with the fields that take voxel options."""
+    sizes = [value] * 3 if isinstance(value, int) else list(value)
+    if len(sizes) != 3:
+        raise ValueError("give one int or three [x, y, z]")
+    if any(s < 2 for s in sizes):
+        raise ValueError("every size must be >= 2")
+    return value
 
 
 def grid_xyz(size: int | list[int] | tuple[int, ...]) -> tuple[int, int, int]:
