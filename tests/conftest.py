@@ -12,8 +12,10 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
 import venv
 from collections.abc import Callable
 from pathlib import Path
@@ -35,6 +37,16 @@ def sjc_env(env: dict[str, str | None] | None = None) -> dict[str, str]:
         else:
             merged[key] = value
     return merged
+
+
+def interrupt_after_logged_steps(process: subprocess.Popen, metrics: Path, steps: int = 3) -> str:
+    """Send SIGINT to a running ``sjc`` once ``metrics`` has ``steps`` lines; its stderr."""
+    deadline = time.time() + 120
+    while time.time() < deadline and not (metrics.exists() and len(metrics.read_text().splitlines()) >= steps):
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    return stderr
 
 
 def run_sjc_command(

@@ -10,17 +10,15 @@ from __future__ import annotations
 
 import json
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import run_sjc_command, sjc_env, write_sample_images
+from conftest import interrupt_after_logged_steps, run_sjc_command, sjc_env, write_sample_images
 from sjc_core import batch, engine
 from sjc_core.artifacts import read_video_frames
 from sjc_core.checkpoint import load_checkpoint
@@ -196,11 +194,7 @@ def test_interrupted_batch_resumes_from_checkpoints(recipes: Path) -> None:
     process = subprocess.Popen(command, cwd=recipes, env=sjc_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                text=True)
     metrics = out / "long-seed0" / "metrics.jsonl"
-    deadline = time.time() + 120
-    while time.time() < deadline and not (metrics.exists() and len(metrics.read_text().splitlines()) >= 3):
-        time.sleep(0.05)
-    process.send_signal(signal.SIGINT)
-    _, stderr = process.communicate(timeout=120)
+    stderr = interrupt_after_logged_steps(process, metrics)
     assert process.returncode == 130, stderr
     assert "Traceback" not in stderr and "run the same command again" in stderr
     runs = by_key(read_batch(out))

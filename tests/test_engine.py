@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from conftest import interrupt_after_logged_steps
 from sjc_core import engine
 from sjc_core.artifacts import read_video_frames, write_image
 from sjc_core.checkpoint import load_checkpoint
@@ -147,11 +146,7 @@ def test_sigint_checkpoints_and_resume_matches_uninterrupted(tmp_path: Path) -> 
         text=True,
     )
     metrics = run_dir / "metrics.jsonl"
-    deadline = time.time() + 120
-    while time.time() < deadline and not (metrics.exists() and len(metrics.read_text().splitlines()) >= 3):
-        time.sleep(0.05)
-    process.send_signal(signal.SIGINT)
-    _, stderr = process.communicate(timeout=120)
+    stderr = interrupt_after_logged_steps(process, metrics)
     assert process.returncode == 130, stderr
     assert "Traceback" not in stderr and "--resume" in stderr
     status = json.loads((run_dir / "status.json").read_text())
