@@ -21,7 +21,8 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 # No -ffast-math: results must follow IEEE float32 like torch. -fno-trapping-math only lets the
@@ -120,3 +121,15 @@ def library_or_reason(
         except NativeUnavailable as exc:
             _LOADED[key] = None, str(exc)
     return _LOADED[key]
+
+
+def run_calls(calls: Sequence[Callable[[], object]], workers: int) -> None:
+    """Run independent native calls, on up to ``workers`` threads (ctypes releases the GIL
+    during each call); in order on this thread when there is one worker or one call.
+    An exception in any call is raised here."""
+    if workers <= 1 or len(calls) <= 1:
+        for call in calls:
+            call()
+        return
+    with ThreadPoolExecutor(max_workers=min(workers, len(calls))) as pool:
+        list(pool.map(lambda call: call(), calls))

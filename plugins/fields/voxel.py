@@ -23,7 +23,7 @@ Render paths (option ``backend``), all equal to the generic Field-contract path:
 from __future__ import annotations
 
 import ctypes
-from concurrent.futures import ThreadPoolExecutor
+import functools
 from typing import Any, Literal
 
 import numpy as np
@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from sjc_core import native
 from sjc_core.contracts import BuildContext
 from sjc_core.errors import SjcError
 from sjc_core.hookspecs import hookimpl
@@ -331,7 +332,8 @@ class _NativeVoxelRender(torch.autograd.Function):
             if status != 0:
                 raise RuntimeError(f"voxel kernel failed ({status}): 1 to 64 channels, or out of memory")
 
-        _over_rays(run, plan["splits"])
+        splits = plan["splits"]
+        native.run_calls([functools.partial(run, a, b) for a, b in zip(splits, splits[1:])], len(splits) - 1)
         ctx.save_for_backward(w, raw, alpha, slope, feats)
         ctx.plan = plan
         ctx.scale = scale
@@ -373,24 +375,14 @@ class _NativeVoxelRender(torch.autograd.Function):
                 ctypes.byref(partial, part * ctypes.sizeof(ctypes.c_double)),
             )
 
-        _over_rays(run, splits, with_part=True)
+        ranges = enumerate(zip(splits, splits[1:]))
+        native.run_calls([functools.partial(run, i, a, b) for i, (a, b) in ranges], parts)
         grad_density, grad_features = grads[0]
         for extra_density, extra_features in grads[1:]:
             grad_density += extra_density
             grad_features += extra_features
         grad_scale = torch.tensor(sum(partial), dtype=torch.float32) if ctx.needs_input_grad[2] else None
         return grad_density, grad_features, grad_scale, None
-
-
-def _over_rays(run: Any, splits: list[int], with_part: bool = False) -> None:
-    """Run ``run`` on consecutive ray ranges, on threads when there are several."""
-    jobs = [(i, splits[i], splits[i + 1]) for i in range(len(splits) - 1)]
-    call = (lambda job: run(*job)) if with_part else (lambda job: run(job[1], job[2]))
-    if len(jobs) == 1:
-        call(jobs[0])
-        return
-    with ThreadPoolExecutor(max_workers=len(jobs)) as pool:
-        list(pool.map(call, jobs))
 
 
 def _ray_splits(counts: np.ndarray, parts: int) -> list[int]:
