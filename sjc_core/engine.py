@@ -4,119 +4,70 @@ One step is: draw a training camera, render the field, ask the prior for the PAA
 gradient ``g`` at a scheduled sigma, and minimise ``-(g * y).sum() + regularisers`` with one
 backward pass and one Adamax step. The loop owns the run folder: resolved recipe,
 ``metrics.jsonl``, periodic views, atomic checkpoints, resume, Ctrl-C and the turntable.
+
+The step lives in ``sjc_core.trainer``, the folder layout and checkpoints in
+``sjc_core.run_folder`` and the pictures in ``sjc_core.turntable``; this module runs them
+and re-exports their public names, so ``from sjc_core.engine import X`` keeps working.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import signal
 import sys
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-import numpy as np
-import torch
-import torch.nn.functional as F
-
 from sjc_core import artifacts, toml_out
-from sjc_core.cameras import TrainView, intrinsics, sample_train_view, test_path
-from sjc_core.checkpoint import load_checkpoint, save_checkpoint
+from sjc_core.checkpoint import load_checkpoint
+from sjc_core.contracts import Prior
 from sjc_core.devices import resolve_device
-from sjc_core.contracts import BuildContext, Loss, Prior, RenderOutput, View
 from sjc_core.errors import SjcError
-from sjc_core.optim import Adamax
-from sjc_core.paas import default_sigma_range, paas_gradient, sigma_schedule
 from sjc_core.progress import Progress
 from sjc_core.recipe import Recipe
-from sjc_core.render import render_view
+from sjc_core.run_folder import (
+    RunFolder,
+    _check_folder,
+    _log_step,
+    _restore,
+    _save,
+    default_run_dir,
+    read_status,
+    write_status,
+)
+from sjc_core.trainer import (
+    PAAS_TERM,
+    CameraPlan,
+    Components,
+    StepResult,
+    Trainer,
+    build_components,
+    camera_plan,
+)
+from sjc_core.turntable import render_turntable, view_picture
 
-PAAS_TERM = "paas"
-
-
-@dataclass
-class Components:
-    """The built plugins of one recipe."""
-
-    prior: Prior
-    field: torch.nn.Module
-    losses: list[tuple[str, Loss]]
-    device: torch.device
-
-
-def build_components(recipe: Recipe, device: torch.device) -> Components:
-    """Build prior, then the field sized by the prior's channels, then the losses."""
-    ctx = BuildContext(device=device, base_dir=recipe.base_dir, seed=recipe.settings.seed)
-    prior = recipe.prior.info.factory(recipe.prior.options, ctx)
-    field_ctx = replace(ctx, channels=prior.channels, value_range=prior.value_range)
-    field_module = recipe.field.info.factory(recipe.field.options, field_ctx).to(device)
-    losses = [(choice.info.name, choice.info.factory(choice.options, ctx)) for choice in recipe.losses]
-    return Components(prior=prior, field=field_module, losses=losses, device=device)
-
-
-@dataclass(frozen=True)
-class CameraPlan:
-    """Radius, field-of-view range and render size actually used for training."""
-
-    radius: float
-    fov_range: tuple[float, float]
-    render_size: int
-
-
-def camera_plan(recipe: Recipe, prior: Prior) -> CameraPlan:
-    camera = recipe.settings.camera
-    hint = getattr(prior, "camera_hint", None) if camera.follow_prior else None
-    radius = hint.radius if hint else camera.radius
-    fov_range = (hint.fov_deg, hint.fov_deg) if hint else camera.fov_range
-    size = camera.resolution or getattr(prior, "render_resolution", None) or prior.resolution
-    return CameraPlan(radius=radius, fov_range=fov_range, render_size=int(size))
-
-
-@dataclass(frozen=True)
-class RunFolder:
-    """Where a run writes; the layout is documented in the README."""
-
-    root: Path
-
-    @property
-    def recipe(self) -> Path:
-        return self.root / "recipe.toml"
-
-    @property
-    def metrics(self) -> Path:
-        return self.root / "metrics.jsonl"
-
-    @property
-    def status(self) -> Path:
-        return self.root / "status.json"
-
-    @property
-    def views(self) -> Path:
-        return self.root / "views"
-
-    @property
-    def checkpoint(self) -> Path:
-        return self.root / "checkpoints" / "last.safetensors"
-
-    @property
-    def final(self) -> Path:
-        return self.root / "final"
-
-    @property
-    def source(self) -> Path:
-        """Where the recipe came from: relative paths in ``recipe.toml`` resolve there."""
-        return self.root / "source.json"
-
-    def base_dir(self) -> Path | None:
-        import json
-
-        try:
-            return Path(json.loads(self.source.read_text())["base_dir"])
-        except (OSError, ValueError, KeyError):
-            return None
+__all__ = [
+    "PAAS_TERM",
+    "CameraPlan",
+    "Components",
+    "LoadedRun",
+    "RunFolder",
+    "RunSummary",
+    "SjcError",
+    "StepResult",
+    "Trainer",
+    "build_components",
+    "camera_plan",
+    "default_run_dir",
+    "load_run",
+    "read_status",
+    "render_turntable",
+    "run",
+    "view_picture",
+    "write_status",
+]
 
 
 @dataclass
@@ -146,24 +97,6 @@ def load_run(run_dir: Path, registry: Any) -> LoadedRun:
     return LoadedRun(folder, recipe, parts, snapshot.step, camera_plan(recipe, parts.prior))
 
 
-def default_run_dir(recipe: Recipe) -> Path:
-    settings = recipe.settings
-    return Path(settings.output) / f"{settings.name}-seed{settings.seed}"
-
-
-def read_status(folder: RunFolder) -> dict[str, Any]:
-    if not folder.status.exists():
-        return {}
-    try:
-        return json.loads(folder.status.read_text())
-    except (OSError, ValueError):
-        return {}
-
-
-def write_status(folder: RunFolder, **status: Any) -> None:
-    artifacts.write_text(folder.status, json.dumps(status, indent=2) + "\n")
-
-
 class _StopFlag:
     """Set by SIGINT so the loop stops between steps, never inside an optimizer update."""
 
@@ -174,158 +107,6 @@ class _StopFlag:
         if self.raised:  # a second Ctrl-C means "now"
             raise KeyboardInterrupt
         self.raised = True
-
-
-@dataclass
-class StepResult:
-    sigma: float
-    label: str
-    terms: dict[str, float]
-    seconds: dict[str, float]
-    render: RenderOutput
-    scored: torch.Tensor
-
-
-@dataclass
-class Trainer:
-    """Everything one run needs between steps (built once, stepped many times)."""
-
-    recipe: Recipe
-    parts: Components
-    plan: CameraPlan
-    optimizer: torch.optim.Optimizer
-    sigmas: np.ndarray
-    camera_rng: np.random.Generator
-    noise_rng: torch.Generator
-    step: int = 0
-    timings: list[dict[str, float]] = field(default_factory=list)
-
-    @classmethod
-    def create(cls, recipe: Recipe, parts: Components) -> "Trainer":
-        settings = recipe.settings
-        torch.manual_seed(settings.seed)  # plugins that draw from the global generator
-        plan = camera_plan(recipe, parts.prior)
-        optimizer = Adamax(parts.field.param_groups(settings.lr), lr=settings.lr)
-        low, high = default_sigma_range(parts.prior)
-        paas = settings.paas
-        sigmas = sigma_schedule(
-            paas.schedule,
-            parts.prior.sigmas,
-            settings.steps,
-            np.random.default_rng([settings.seed, 1]),
-            sigma_min=paas.sigma_min if paas.sigma_min is not None else low,
-            sigma_max=paas.sigma_max if paas.sigma_max is not None else high,
-        )
-        noise_rng = torch.Generator(device=parts.device)
-        noise_rng.manual_seed(settings.seed)
-        return cls(
-            recipe=recipe,
-            parts=parts,
-            plan=plan,
-            optimizer=optimizer,
-            sigmas=sigmas,
-            camera_rng=np.random.default_rng([settings.seed, 2]),
-            noise_rng=noise_rng,
-        )
-
-    def draw_view(self) -> TrainView:
-        return sample_train_view(self.camera_rng, self.recipe.settings.camera, self.plan.radius, self.plan.fov_range)
-
-    def train_step(self) -> StepResult:
-        """One SJC step; raises FloatingPointError (without updating) on NaN or Inf."""
-        parts, settings = self.parts, self.recipe.settings
-        prior = parts.prior
-        view = self.draw_view()
-        sigma = float(self.sigmas[self.step])
-        progress = self.step / settings.steps
-        size = self.plan.render_size
-        clock = time.perf_counter()
-
-        render = render_view(parts.field, intrinsics(view.fov_deg, size, size), view.c2w, size, size)
-        scored = render.image[None]
-        if size != prior.resolution:
-            scored = F.interpolate(scored, size=(prior.resolution, prior.resolution), mode="bilinear", align_corners=False)
-        after_render = time.perf_counter()
-
-        cond = prior.condition(View(label=view.label, c2w=torch.as_tensor(view.c2w), fov_deg=view.fov_deg))
-        grad = paas_gradient(
-            prior, scored, sigma, cond, n_noise=settings.paas.n_noise, var_red=settings.paas.var_red, generator=self.noise_rng
-        )
-        after_prior = time.perf_counter()
-
-        terms = {name: loss(render, progress) for name, loss in parts.losses}
-        surrogate = -(grad.to(scored.dtype) * scored).sum()
-        total = surrogate + sum(terms.values(), torch.zeros((), device=surrogate.device))
-        self.optimizer.zero_grad(set_to_none=True)
-        total.backward()
-        after_backward = time.perf_counter()
-
-        values = {name: float(value.detach()) for name, value in terms.items()}
-        values[PAAS_TERM] = float(grad.norm())
-        bad = [name for name, value in values.items() if not math.isfinite(value)]
-        if not bad and not _gradients_finite(self.optimizer):
-            bad = ["gradient"]
-        if bad:
-            raise FloatingPointError(f"{', '.join(bad)} became NaN or Inf at step {self.step + 1}")
-        self.optimizer.step()
-        done = time.perf_counter()
-        self.step += 1
-        seconds = {
-            "render": after_render - clock,
-            "prior": after_prior - after_render,
-            "backward": after_backward - after_prior,
-            "optimizer": done - after_backward,
-        }
-        return StepResult(sigma, view.label, values, seconds, render, scored.detach())
-
-
-def _gradients_finite(optimizer: torch.optim.Optimizer) -> bool:
-    grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
-    if not grads:
-        return True
-    return bool(torch.isfinite(torch.stack([g.sum() for g in grads])).all())
-
-
-def view_picture(prior: Prior, scored: torch.Tensor, depth: torch.Tensor, height: int = 256) -> np.ndarray:
-    """The prior's picture beside the depth map, enlarged for viewing."""
-    with torch.no_grad():
-        rgb = artifacts.to_uint8(prior.to_rgb(scored)[0])
-    depth_rgb = artifacts.depth_to_rgb(depth)
-    pane = artifacts.side_by_side(rgb, depth_rgb)
-    factor = max(1, height // pane.shape[0])
-    return artifacts.upscale(pane, factor)
-
-
-def render_turntable(
-    parts: Components,
-    recipe: Recipe,
-    plan: CameraPlan,
-    out_path: Path,
-    frames: int | None = None,
-    subpixel: int = 1,
-    on_frame: Callable[[int, int], None] | None = None,
-) -> tuple[Path, list[np.ndarray]]:
-    """Render the recipe's test path and write the video (picture beside depth)."""
-    camera = recipe.settings.camera
-    if frames is not None:
-        camera = camera.model_copy(update={"test_frames": frames})
-    size = plan.render_size
-    K = intrinsics(camera.test_fov, size, size)
-    pictures = []
-    parts.field.eval()
-    poses = test_path(camera, plan.radius)
-    with torch.no_grad():
-        for index, pose in enumerate(poses):
-            render = render_view(parts.field, K, pose, size, size, subpixel=subpixel, keep_weights=False)
-            scored = render.image[None]
-            if size != parts.prior.resolution:
-                scored = F.interpolate(scored, size=(parts.prior.resolution,) * 2, mode="bilinear", align_corners=False)
-            pictures.append(view_picture(parts.prior, scored, render.depth))
-            if on_frame:
-                on_frame(index + 1, len(poses))
-    parts.field.train()
-    written = artifacts.write_video(out_path, pictures, fps=camera.fps)
-    return written, pictures
 
 
 @dataclass
@@ -422,66 +203,6 @@ def _main_thread() -> bool:
     import threading
 
     return threading.current_thread() is threading.main_thread()
-
-
-def _check_folder(folder: RunFolder, resume: bool) -> None:
-    if resume:
-        if not folder.checkpoint.exists() and not folder.root.exists():
-            raise SjcError(f"{folder.root}: nothing to resume (no run folder); run without --resume to start it")
-        return
-    if folder.checkpoint.exists() or folder.status.exists():
-        status = read_status(folder)
-        where = f" ({status.get('state', 'unknown')} at step {status.get('step', '?')})" if status else ""
-        raise SjcError(
-            f"{folder.root}: already holds a run{where}; pass --resume to continue it, "
-            "or choose another folder with --run-dir or --set name=..."
-        )
-
-
-def _restore(trainer: Trainer, folder: RunFolder) -> None:
-    snapshot = load_checkpoint(folder.checkpoint)
-    trainer.parts.field.load_state_dict(snapshot.field_state)
-    if snapshot.optimizer_state is not None:
-        trainer.optimizer.load_state_dict(snapshot.optimizer_state)
-    if snapshot.numpy_state is not None:
-        trainer.camera_rng.bit_generator.state = snapshot.numpy_state
-    if snapshot.torch_state is not None:
-        trainer.noise_rng.set_state(snapshot.torch_state)
-    trainer.step = snapshot.step
-    _truncate_metrics(folder.metrics, snapshot.step)
-
-
-def _truncate_metrics(path: Path, step: int) -> None:
-    """Drop records after the checkpoint (a crash can log steps it never saved)."""
-    if not path.exists():
-        return
-    kept = [line for line in path.read_text().splitlines() if line and json.loads(line).get("step", 0) <= step]
-    artifacts.write_text(path, "".join(line + "\n" for line in kept))
-
-
-def _save(trainer: Trainer, folder: RunFolder) -> None:
-    save_checkpoint(
-        folder.checkpoint,
-        trainer.step,
-        trainer.parts.field,
-        trainer.optimizer,
-        trainer.camera_rng,
-        trainer.noise_rng,
-        extra={"steps": trainer.recipe.settings.steps},
-    )
-
-
-def _log_step(folder: RunFolder, step: int, result: StepResult) -> None:
-    artifacts.append_jsonl(
-        folder.metrics,
-        {
-            "step": step,
-            "sigma": result.sigma,
-            "view": result.label,
-            "terms": result.terms,
-            "seconds": {k: round(v, 5) for k, v in result.seconds.items()},
-        },
-    )
 
 
 def _status_text(result: StepResult, prior: Prior) -> str:

@@ -1,0 +1,173 @@
+"""One training step, and what it is built from: the run-independent core of the chaining loop.
+
+Split out of ``engine`` so the step itself (plugins built from a recipe, the camera plan,
+render -> PAAS gradient -> backward -> Adamax) can be read, tested and changed without the
+run-folder bookkeeping or the turntable around it. ``sjc_core.engine`` re-exports these names.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from sjc_core.cameras import TrainView, intrinsics, sample_train_view
+from sjc_core.contracts import BuildContext, Loss, Prior, RenderOutput, View
+from sjc_core.optim import Adamax
+from sjc_core.paas import default_sigma_range, paas_gradient, sigma_schedule
+from sjc_core.recipe import Recipe
+from sjc_core.render import render_view
+
+PAAS_TERM = "paas"
+
+
+@dataclass
+class Components:
+    """The built plugins of one recipe."""
+
+    prior: Prior
+    field: torch.nn.Module
+    losses: list[tuple[str, Loss]]
+    device: torch.device
+
+
+def build_components(recipe: Recipe, device: torch.device) -> Components:
+    """Build prior, then the field sized by the prior's channels, then the losses."""
+    ctx = BuildContext(device=device, base_dir=recipe.base_dir, seed=recipe.settings.seed)
+    prior = recipe.prior.info.factory(recipe.prior.options, ctx)
+    field_ctx = replace(ctx, channels=prior.channels, value_range=prior.value_range)
+    field_module = recipe.field.info.factory(recipe.field.options, field_ctx).to(device)
+    losses = [(choice.info.name, choice.info.factory(choice.options, ctx)) for choice in recipe.losses]
+    return Components(prior=prior, field=field_module, losses=losses, device=device)
+
+
+@dataclass(frozen=True)
+class CameraPlan:
+    """Radius, field-of-view range and render size actually used for training."""
+
+    radius: float
+    fov_range: tuple[float, float]
+    render_size: int
+
+
+def camera_plan(recipe: Recipe, prior: Prior) -> CameraPlan:
+    camera = recipe.settings.camera
+    hint = getattr(prior, "camera_hint", None) if camera.follow_prior else None
+    radius = hint.radius if hint else camera.radius
+    fov_range = (hint.fov_deg, hint.fov_deg) if hint else camera.fov_range
+    size = camera.resolution or getattr(prior, "render_resolution", None) or prior.resolution
+    return CameraPlan(radius=radius, fov_range=fov_range, render_size=int(size))
+
+
+@dataclass
+class StepResult:
+    sigma: float
+    label: str
+    terms: dict[str, float]
+    seconds: dict[str, float]
+    render: RenderOutput
+    scored: torch.Tensor
+
+
+@dataclass
+class Trainer:
+    """Everything one run needs between steps (built once, stepped many times)."""
+
+    recipe: Recipe
+    parts: Components
+    plan: CameraPlan
+    optimizer: torch.optim.Optimizer
+    sigmas: np.ndarray
+    camera_rng: np.random.Generator
+    noise_rng: torch.Generator
+    step: int = 0
+    timings: list[dict[str, float]] = field(default_factory=list)
+
+    @classmethod
+    def create(cls, recipe: Recipe, parts: Components) -> "Trainer":
+        settings = recipe.settings
+        torch.manual_seed(settings.seed)  # plugins that draw from the global generator
+        plan = camera_plan(recipe, parts.prior)
+        optimizer = Adamax(parts.field.param_groups(settings.lr), lr=settings.lr)
+        low, high = default_sigma_range(parts.prior)
+        paas = settings.paas
+        sigmas = sigma_schedule(
+            paas.schedule,
+            parts.prior.sigmas,
+            settings.steps,
+            np.random.default_rng([settings.seed, 1]),
+            sigma_min=paas.sigma_min if paas.sigma_min is not None else low,
+            sigma_max=paas.sigma_max if paas.sigma_max is not None else high,
+        )
+        noise_rng = torch.Generator(device=parts.device)
+        noise_rng.manual_seed(settings.seed)
+        return cls(
+            recipe=recipe,
+            parts=parts,
+            plan=plan,
+            optimizer=optimizer,
+            sigmas=sigmas,
+            camera_rng=np.random.default_rng([settings.seed, 2]),
+            noise_rng=noise_rng,
+        )
+
+    def draw_view(self) -> TrainView:
+        return sample_train_view(self.camera_rng, self.recipe.settings.camera, self.plan.radius, self.plan.fov_range)
+
+    def train_step(self) -> StepResult:
+        """One SJC step; raises FloatingPointError (without updating) on NaN or Inf."""
+        parts, settings = self.parts, self.recipe.settings
+        prior = parts.prior
+        view = self.draw_view()
+        sigma = float(self.sigmas[self.step])
+        progress = self.step / settings.steps
+        size = self.plan.render_size
+        clock = time.perf_counter()
+
+        render = render_view(parts.field, intrinsics(view.fov_deg, size, size), view.c2w, size, size)
+        scored = render.image[None]
+        if size != prior.resolution:
+            scored = F.interpolate(scored, size=(prior.resolution, prior.resolution), mode="bilinear", align_corners=False)
+        after_render = time.perf_counter()
+
+        cond = prior.condition(View(label=view.label, c2w=torch.as_tensor(view.c2w), fov_deg=view.fov_deg))
+        grad = paas_gradient(
+            prior, scored, sigma, cond, n_noise=settings.paas.n_noise, var_red=settings.paas.var_red, generator=self.noise_rng
+        )
+        after_prior = time.perf_counter()
+
+        terms = {name: loss(render, progress) for name, loss in parts.losses}
+        surrogate = -(grad.to(scored.dtype) * scored).sum()
+        total = surrogate + sum(terms.values(), torch.zeros((), device=surrogate.device))
+        self.optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        after_backward = time.perf_counter()
+
+        values = {name: float(value.detach()) for name, value in terms.items()}
+        values[PAAS_TERM] = float(grad.norm())
+        bad = [name for name, value in values.items() if not math.isfinite(value)]
+        if not bad and not _gradients_finite(self.optimizer):
+            bad = ["gradient"]
+        if bad:
+            raise FloatingPointError(f"{', '.join(bad)} became NaN or Inf at step {self.step + 1}")
+        self.optimizer.step()
+        done = time.perf_counter()
+        self.step += 1
+        seconds = {
+            "render": after_render - clock,
+            "prior": after_prior - after_render,
+            "backward": after_backward - after_prior,
+            "optimizer": done - after_backward,
+        }
+        return StepResult(sigma, view.label, values, seconds, render, scored.detach())
+
+
+def _gradients_finite(optimizer: torch.optim.Optimizer) -> bool:
+    grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+    if not grads:
+        return True
+    return bool(torch.isfinite(torch.stack([g.sum() for g in grads])).all())
