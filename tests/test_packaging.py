@@ -73,10 +73,12 @@ def test_wheel_layout(wheel: Path) -> None:
     for package in ("sjc_core", "sjc_core/commands", "sjc_plugins", *(f"sjc_plugins/{k}" for k in ("priors", "fields", "losses"))):
         assert f"{package}/__init__.py" in names
     assert "sjc_core/__main__.py" in names and "sjc_core/py.typed" in names
-    # Every module of the source tree made it into the wheel.
+    # Every module and every C kernel source of the source tree made it into the wheel.
     for folder, package in (("sjc_core", "sjc_core"), ("plugins", "sjc_plugins")):
-        for module in (REPO / folder).rglob("*.py"):
-            assert f"{package}/{module.relative_to(REPO / folder).as_posix()}" in names, module
+        for pattern in ("*.py", "*.c"):
+            for module in (REPO / folder).rglob(pattern):
+                assert f"{package}/{module.relative_to(REPO / folder).as_posix()}" in names, module
+    assert {"sjc_core/csrc/adamax.c", "sjc_plugins/fields/csrc/voxel_render.c"} <= set(names)
 
 
 def test_wheel_entry_points(wheel: Path) -> None:
@@ -130,6 +132,35 @@ def test_builtins_load_from_the_installed_wheel(wheel_venv: Path, tmp_path: Path
     assert proc.returncode == 0, proc.stderr
     files = json.loads(proc.stdout)
     assert files and all(Path(f).is_relative_to(wheel_venv.parent.parent) for f in files.values()), files
+
+
+def test_native_kernels_build_from_the_installed_wheel(wheel_venv: Path, tmp_path: Path) -> None:
+    """The C sources are read from the venv's package data, and build (given a compiler)."""
+    from sjc_core import native
+
+    probe = (
+        "import json\n"
+        "from sjc_core import optim\n"
+        "from sjc_plugins.fields import _voxel_native\n"
+        "voxel, reason = _voxel_native.kernel_or_reason()\n"
+        "print(json.dumps({'files': [optim.__file__, _voxel_native.__file__],\n"
+        "                  'sources': [optim.SOURCE, _voxel_native.SOURCE],\n"
+        "                  'adamax': optim.fused_library() is not None, 'voxel': voxel is not None, 'why': reason}))\n"
+    )
+    env = sjc_env({"SJC_CACHE_DIR": str(tmp_path / "cache"), "SJC_NATIVE": None})
+    proc = subprocess.run([str(wheel_venv), "-c", probe], capture_output=True, text=True, cwd=tmp_path, env=env)
+    assert proc.returncode == 0, proc.stderr
+    payload = json.loads(proc.stdout)
+    assert all(Path(f).is_relative_to(wheel_venv.parent.parent) for f in payload["files"]), payload["files"]
+    # The very text of the repository's .c files: same source, same cache key, same library.
+    assert payload["sources"] == [
+        (REPO / "sjc_core/csrc/adamax.c").read_text(encoding="utf-8"),
+        (REPO / "plugins/fields/csrc/voxel_render.c").read_text(encoding="utf-8"),
+    ]
+    if native.compiler() is None or sys.platform == "win32":
+        pytest.skip("no C compiler: the sources are shipped but cannot be built here")
+    assert payload["adamax"] and payload["voxel"], payload["why"]
+    assert len(list((tmp_path / "cache" / "kernels").glob("*.so"))) == 2
 
 
 def test_console_script_of_the_wheel(wheel_venv: Path, tmp_path: Path) -> None:
