@@ -105,7 +105,7 @@ def sjc_step(scenario: str, backend: str):  # type: ignore[no-untyped-def]
 
 def reference_step(scenario: str):  # type: ignore[no-untyped-def]
     """The reference's sequence of operations, written for timing only."""
-    from sjc_core.render import _box_intersect_f64, _camera_rays_f64
+    from sjc_core.render import box_intersect, camera_rays
 
     p = parameters(scenario)
     density = torch.nn.Parameter(p["density"][None, None].clone())
@@ -127,9 +127,9 @@ def reference_step(scenario: str):  # type: ignore[no-untyped-def]
 
     def step() -> None:
         optimizer.zero_grad()
-        ro64, rd64 = _camera_rays_f64(K, pose, 64, 64)
-        t0, t1 = _box_intersect_f64(ro64, rd64, np.array([[-1.0] * 3, [1.0] * 3]))
-        ro, rd, t_min, t_max = (torch.from_numpy(a.astype(np.float32)) for a in (ro64, rd64, t0, t1))
+        ro64, rd64 = camera_rays(K, pose, 64, 64, keep_float64=True)
+        t_min, t_max = box_intersect(ro64, rd64, torch.tensor([[-1.0] * 3, [1.0] * 3]))
+        ro, rd = ro64.float(), rd64.float()
         n = ro.shape[0]
         k = int(((t_max - t_min).max() / step_size).item()) + 1
         ticks = (step_size * torch.arange(k)).view(k, 1, 1)

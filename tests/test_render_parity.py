@@ -18,7 +18,7 @@ import torch
 
 from sjc_core.contracts import BuildContext
 from sjc_core.plugins import load_registry
-from sjc_core.render import box_intersect, camera_rays, make_bundle, render_rays, render_view
+from sjc_core.render import box_intersect, camera_rays, host_spans, k_for_spans, make_bundle, render_rays, render_view
 
 SCENARIOS = ("init", "blob", "blob_carved")
 
@@ -114,6 +114,10 @@ def test_rays_t_and_sample_count_match(case, cam):
     assert np.abs(t_max.numpy() - case[f"cam{cam}_t_max"]).max() <= 2e-6
     bundle = make_bundle(ro, rd, t_min, t_max, float(case["step_size"]))
     assert bundle.k == int(case[f"cam{cam}_num_samples"])
+    # the host's own k (render_view's, computed without touching the device) agrees
+    spans = host_spans(K, pose, 64, 64, 1, case["aabb"].astype(np.float64))
+    assert k_for_spans(spans, float(case["step_size"])) == bundle.k
+    assert np.abs(spans - (case[f"cam{cam}_t_max"] - case[f"cam{cam}_t_min"])).max() <= 4e-6
     if cam == 3:  # the eye is inside the box: every ray starts at t = 0
         assert (t_min == 0).all()
 
@@ -130,9 +134,18 @@ def _close(a: np.ndarray, b: np.ndarray, rel: float, abs_of_max: float) -> None:
     assert worst.max() <= 0, f"exceeds tolerance by {worst.max():.3g}"
 
 
-@pytest.mark.parametrize("backend", ["auto", "torch", "generic"])
+@pytest.fixture
+def dense_layout(monkeypatch):
+    """The layout GPUs use (every sample, masks, no data-dependent shapes), on the CPU."""
+    monkeypatch.setattr("sjc_core.render.compact_samples", lambda device: False)
+
+
+@pytest.mark.parametrize("backend", ["auto", "torch", "generic", "torch-dense", "generic-dense"])
 @pytest.mark.parametrize("scenario", SCENARIOS)
-def test_render_and_gradients_match_reference(case, scenario, backend):
+def test_render_and_gradients_match_reference(case, scenario, backend, request):
+    if backend.endswith("-dense"):
+        request.getfixturevalue("dense_layout")
+        backend = backend.removesuffix("-dense")
     field = make_field(scenario, backend)
     if backend == "auto":
         assert field.backend in ("native", "torch")
@@ -186,9 +199,12 @@ def test_render_and_gradients_match_reference(case, scenario, backend):
         assert abs(norm - ref_norm) <= 1e-4 * ref_norm
 
 
-def test_render_view_reproduces_the_stored_render(case):
-    """The camera entry point (rays from K and pose) gives the same picture."""
-    field = make_field("blob")
+@pytest.mark.parametrize("layout", ["compact", "dense"])
+def test_render_view_reproduces_the_stored_render(case, layout, request):
+    """The camera entry point (rays from K and pose, on the field's device) gives the same picture."""
+    if layout == "dense":
+        request.getfixturevalue("dense_layout")
+    field = make_field("blob", "torch" if layout == "dense" else "auto")
     out = render_view(field, case["cam0_K"], case["cam0_pose"], 64, 64)
     assert out.image.shape == (4, 64, 64) and out.depth.shape == (64, 64)
     assert np.abs(out.image.detach().numpy() - case["blob_rgbs"][0]).max() <= 3e-4

@@ -20,7 +20,7 @@ from sjc_core.contracts import BuildContext, Field
 from sjc_core.errors import SjcError
 from sjc_core.plugins import load_registry
 from sjc_core.render import BACKGROUND_DEPTH, camera_rays, render_view
-from sjc_plugins.fields.voxel import VoxelField, VoxelOptions, scatter_corners
+from sjc_plugins.fields.voxel import VoxelField, VoxelOptions, gather_corners, scatter_corners
 
 
 @functools.lru_cache(maxsize=1)
@@ -358,22 +358,21 @@ def test_two_threads_give_the_same_render():
         torch.testing.assert_close(b, a, atol=1e-6, rtol=1e-5)
 
 
-def test_scatter_fallback_matches_scipy():
+def test_scatter_is_the_transpose_of_the_gather():
+    """scatter_corners against a brute-force loop, and <gather(T), v> == <T, scatter(v)>."""
     gen = torch.Generator().manual_seed(0)
-    index = torch.randint(0, 50, (30, 8), generator=gen, dtype=torch.int32)
-    weight = torch.rand(30, 8, generator=gen)
-    counts = np.array([0, 3, 0, 10, 17, 0])
-    ptr = np.concatenate([[0], np.cumsum(counts)])
-    values = torch.randn(6, 3, generator=gen)
-    a = scatter_corners(index, weight, ptr, values, 50, use_scipy=True)
-    b = scatter_corners(index, weight, ptr, values, 50, use_scipy=False)
-    torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-6)
-    dense = torch.zeros(50, 3)
-    rows = np.repeat(np.arange(6), counts)
+    index = torch.randint(0, 50, (8, 30), generator=gen)
+    weight = torch.rand(8, 30, generator=gen)
+    values = torch.randn(30, 3, generator=gen, dtype=torch.float64)
+    out = scatter_corners(index, weight.double(), values, 50)
+    dense = torch.zeros(50, 3, dtype=torch.float64)
     for s in range(30):
         for c in range(8):
-            dense[index[s, c]] += weight[s, c] * values[rows[s]]
-    torch.testing.assert_close(a, dense, atol=1e-5, rtol=1e-5)
+            dense[index[c, s]] += weight[c, s].double() * values[s]
+    torch.testing.assert_close(out, dense, atol=1e-12, rtol=1e-12)
+    table = torch.randn(50, 3, generator=gen, dtype=torch.float64)
+    gathered = gather_corners(table, index, weight.double())
+    assert torch.allclose((gathered * values).sum(), (table * out).sum(), rtol=1e-12)
 
 
 def test_without_a_compiler_auto_falls_back_and_native_says_why(tmp_path):

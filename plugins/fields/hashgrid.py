@@ -286,17 +286,24 @@ class HashGridField(nn.Module):
         trunk a second time for ``features`` on the samples that pass the weight threshold.
         """
         n, k = bundle.n, bundle.k
+        if not bundle.compact:  # every sample, masked: no shape depends on the data
+            hidden = self.hidden(bundle.dense_points())
+            sigma = (self._sigma(hidden) * bundle.inbox.reshape(-1)).view(n, k)
+            w = VolumeWeights.apply(sigma, bundle.step)
+            keep = (w.detach() > self.weight_threshold).reshape(-1, 1)
+            feats = torch.where(keep, self._features(hidden), torch.zeros((), device=hidden.device))
+            return torch.bmm(w[:, None, :], feats.view(n, k, self.channels)).squeeze(1), w
         # On CPU, chunks keep every temporary small: tensors of tens of MB are fresh
         # page-faulted memory on each allocation, which costs more than the arithmetic.
         points = bundle.points()
-        size = SAMPLE_CHUNK if points.device.type == "cpu" else max(points.shape[0], 1)
+        size = SAMPLE_CHUNK
         hidden = [self.hidden(chunk) for chunk in points.split(size)] or [self.hidden(points)]
         sigma_in = torch.cat([self._sigma(h) for h in hidden])
         sigma = torch.zeros(n * k, dtype=sigma_in.dtype, device=sigma_in.device)
         sigma = sigma.index_put((bundle.positions,), sigma_in).view(n, k)
         w = VolumeWeights.apply(sigma, bundle.step)
         keep_pos = (w.detach() > self.weight_threshold).view(-1).nonzero().squeeze(1)
-        compact = torch.from_numpy(bundle.row_pointer[:-1]).to(keep_pos.device)[keep_pos]  # ascending
+        compact = bundle.row_pointer[:-1][keep_pos]  # ascending
         bounds = torch.searchsorted(compact, torch.arange(0, len(hidden) + 1, device=compact.device) * size).tolist()
         feats = torch.cat(
             [self._features(h[compact[a:b] - i * size]) for i, (h, a, b) in enumerate(zip(hidden, bounds, bounds[1:]))]

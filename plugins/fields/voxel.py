@@ -13,10 +13,11 @@ Render paths (option ``backend``), all equal to the generic Field-contract path:
   (:mod:`sjc_plugins.fields._voxel_native`) marches each ray once forward and once backward,
   with the analytic gradient of the weights; no per-sample temporaries beyond what the
   backward reads.
-* ``torch``: the same autograd node from torch/scipy array operations: corners and weights
-  of every in-box sample once, ``embedding_bag`` gathers (its empty bags make out-of-box
-  rows zero, so the result is already in the dense [n, k] layout), and one scipy transposed
-  CSR product scatters the density and feature gradients.
+* ``torch``: the same autograd node from torch operations on the grids' device (what CUDA
+  runs, and the CPU without a compiler): trilinear corners of the samples once, per-corner
+  gathers, the analytic weight gradient and one 1-D ``scatter_add_`` per channel; dense
+  masks on GPUs (no shape depends on the data, so nothing waits for the device), compact
+  in-box and above-threshold lists on the CPU.
 * ``generic``: ``density``/``features`` through autograd (for checking).
 """
 
@@ -37,11 +38,6 @@ from sjc_core.errors import SjcError
 from sjc_core.hookspecs import hookimpl
 from sjc_core.render import SampleBundle, weights_backward, weights_forward
 from sjc_plugins.fields._voxel_native import kernel_or_reason
-
-try:  # the fast CPU scatter; without scipy a torch index_add_ does the same job
-    import scipy.sparse as _sparse
-except ImportError:  # pragma: no cover - scipy is a dependency
-    _sparse = None
 
 Activation = Literal["auto", "identity", "2*sigmoid-1", "sigmoid"]
 Backend = Literal["auto", "native", "torch", "generic"]
@@ -71,7 +67,7 @@ class VoxelOptions(BaseModel):
     bg_lr: float = Field(1e-4, ge=0, description="learning rate of the background texture")
     backend: Backend = Field(
         "auto",
-        description="render path: native (compiled per-ray kernel, CPU), torch (fused torch/scipy), "
+        description="render path: native (compiled per-ray kernel, CPU), torch (fused torch ops, any device), "
         "generic (plain Field contract); auto = native when it builds, else torch",
     )
 
@@ -102,21 +98,22 @@ def grid_xyz(size: int | list[int] | tuple[int, ...]) -> tuple[int, int, int]:
 
 
 def trilinear_corners(u: torch.Tensor, size_xyz: tuple[int, int, int]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Flat corner indices (int32) and weights (float32), both [M, 8], of continuous voxel
+    """Flat corner indices (int32) and weights, both corner-major [8, M], of continuous voxel
     coordinates ``u`` [3, M] (rows x, y, z; voxel i's centre at u = i) in a [Z, Y, X] grid.
 
     Zero padding without out-of-range indices: clamping u into [0, size-1] and scaling by
     ``prod(1 - |u - clamped|)`` gives exactly the weights grid_sample keeps (a corner
     outside the grid would only ever be paired with the edge voxel on that axis).
+    Corner-major rows are what the per-corner gathers and scatters below read; int32
+    indices halve the memory written (grids up to 2^31 voxels).
     """
     X, Y, Z = size_xyz
     device = u.device
-    upper = torch.tensor([X - 1, Y - 1, Z - 1], dtype=u.dtype, device=device).view(3, 1)
-    clamped = torch.minimum(u.clamp(min=0), upper)
+    sizes = (X, Y, Z)
+    clamped = torch.stack([u[axis].clamp(0, sizes[axis] - 1) for axis in range(3)])
     fade = (u - clamped).abs_().neg_().add_(1).clamp_(min=0).prod(dim=0)
-    lower = torch.minimum(
-        clamped.to(torch.int32), torch.tensor([X - 2, Y - 2, Z - 2], dtype=torch.int32, device=device).view(3, 1)
-    )
+    lower = clamped.to(torch.int32)
+    lower = torch.stack([lower[axis].clamp_(max=sizes[axis] - 2) for axis in range(3)])
     frac = clamped - lower
     rest = 1 - frac
     base = (lower[2] * (X * Y)).add_(lower[1] * X).add_(lower[0])
@@ -134,52 +131,41 @@ def trilinear_corners(u: torch.Tensor, size_xyz: tuple[int, int, int]) -> tuple[
                 torch.mul(wzy, wx[dx], out=w8[corner])
                 torch.add(base, dz * X * Y + dy * X + dx, out=i8[corner])
                 corner += 1
-    return _interleave(i8), _interleave(w8)
+    return i8, w8
 
 
-def _interleave(corner_major: torch.Tensor) -> torch.Tensor:
-    """[8, M] -> contiguous [M, 8] (numpy's transposing copy is about twice torch's speed)."""
-    if corner_major.device.type != "cpu":
-        return corner_major.t().contiguous()
-    out = np.empty(corner_major.shape[::-1], dtype=corner_major.numpy().dtype)
-    np.copyto(out, corner_major.numpy().T)
-    return torch.from_numpy(out)
+def gather_corners(table: torch.Tensor, index: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Trilinear values [S, C] of a channels-last table [G, C] at corners ``index``/``weight``
+    [8, S]: corner by corner, so no [8, S, C] temporary (corners summed in order 0..7)."""
+    if table.shape[1] == 1:  # one channel: 1-D gathers, several times faster on CPU
+        flat = table.reshape(-1)
+        out = flat.index_select(0, index[0]) * weight[0]
+        for corner in range(1, 8):
+            out.addcmul_(flat.index_select(0, index[corner]), weight[corner])
+        return out[:, None]
+    out = table.index_select(0, index[0]) * weight[0][:, None]
+    for corner in range(1, 8):
+        out.addcmul_(table.index_select(0, index[corner]), weight[corner][:, None])
+    return out
 
 
-def scatter_corners(
-    index: torch.Tensor,
-    weight: torch.Tensor,
-    row_pointer: np.ndarray,
-    values: torch.Tensor,
-    rows: int,
-    use_scipy: bool | None = None,
-) -> torch.Tensor:
-    """Transpose of the trilinear gather: out[g] = sum over samples s and corners c with
-    index[s, c] == g of weight[s, c] * values[row(s)], out [rows, channels].
+def scatter_corners(index: torch.Tensor, weight: torch.Tensor, values: torch.Tensor, rows: int) -> torch.Tensor:
+    """Transpose of :func:`gather_corners`: out[g] = sum over samples s and corners c with
+    index[c, s] == g of weight[c, s] * values[s], out [rows, C].
 
-    ``row_pointer`` [R + 1] maps the R rows of ``values`` [R, channels] to samples (a CSR row
-    pointer over samples: row r owns samples row_pointer[r]..row_pointer[r+1]-1). On CPU
-    scipy's compiled transposed CSR product does it; elsewhere a torch ``index_add_``.
+    One 1-D ``index_add_`` per channel into a channels-first buffer (a fast loop on the
+    CPU, atomic adds on GPUs; a 2-D ``index_add_`` is ~30x slower on the CPU).
     """
     channels = values.shape[1]
-    if use_scipy is None:
-        use_scipy = values.device.type == "cpu" and _sparse is not None
-    if use_scipy:
-        ptr8 = (row_pointer * 8).astype(np.int32)
-        matrix = _sparse.csr_matrix(
-            (weight.reshape(-1).numpy(), index.reshape(-1).numpy(), ptr8), shape=(values.shape[0], rows)
-        )
-        out = matrix.T @ values.detach().contiguous().numpy()
-        return torch.from_numpy(np.ascontiguousarray(out, dtype=np.float32)).view(rows, channels)
-    counts = torch.from_numpy(np.diff(row_pointer)).to(values.device)
-    per_sample = torch.repeat_interleave(values, counts, dim=0)  # [M, channels]
-    contrib = (weight[:, :, None] * per_sample[:, None, :]).reshape(-1, channels)
-    out = torch.zeros(rows, channels, dtype=values.dtype, device=values.device)
-    return out.index_add_(0, index.reshape(-1).long(), contrib)
+    out = torch.zeros(channels, rows, dtype=values.dtype, device=values.device)
+    flat_index = index.reshape(-1)
+    for ch in range(channels):
+        out[ch].index_add_(0, flat_index, (weight * values[:, ch]).reshape(-1))
+    return out.t()
 
 
 class TrilinearGather(torch.autograd.Function):
-    """Trilinear values of a channels-last table [G, C] at precomputed corners -> [P, C]."""
+    """Trilinear values of a channels-last table [G, C] at precomputed corners -> [S, C]."""
 
     @staticmethod
     def forward(  # type: ignore[override]
@@ -187,17 +173,14 @@ class TrilinearGather(torch.autograd.Function):
     ) -> torch.Tensor:
         ctx.save_for_backward(index, weight)
         ctx.rows = table.shape[0]
-        if index.shape[0] == 0:
-            return table.new_zeros(0, table.shape[1])
-        return F.embedding_bag(index, table, per_sample_weights=weight, mode="sum")
+        return gather_corners(table, index, weight)
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, None, None]:  # type: ignore[override]
         index, weight = ctx.saved_tensors
         if not ctx.needs_input_grad[0]:
             return None, None, None
-        ptr = np.arange(index.shape[0] + 1, dtype=np.int64)
-        return scatter_corners(index, weight, ptr, grad.contiguous(), ctx.rows), None, None
+        return scatter_corners(index, weight, grad, ctx.rows), None, None
 
 
 # --------------------------------------------------------------------------- activations
@@ -238,8 +221,16 @@ def _activation_slope(x: torch.Tensor, kind: str) -> torch.Tensor | None:
 # --------------------------------------------------------------------------- fused render
 
 
-class _FusedVoxelRender(torch.autograd.Function):
-    """Foreground features [n, C] and weights [n, k] of a bundle, in one node (torch/scipy)."""
+class _TorchVoxelRender(torch.autograd.Function):
+    """Foreground features [n, C] and weights [n, k] of a bundle in one node, from torch
+    operations on the grids' device (the path CUDA runs, and the CPU's without a compiler).
+
+    ``plan`` holds the samples' corners. Dense plans (GPUs) cover all n*k samples, with
+    out-of-box corner weights zeroed and sub-threshold features masked, so no shape depends
+    on the data; compact plans (CPU) list the in-box samples (``positions``) and gather
+    features only where the weight passes the threshold. The backward takes gradients of
+    both outputs, either of them absent, through any number of backward calls.
+    """
 
     @staticmethod
     def forward(  # type: ignore[override]
@@ -247,54 +238,81 @@ class _FusedVoxelRender(torch.autograd.Function):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         n, k, step = plan["n"], plan["k"], plan["step"]
         channels = features.shape[-1]
-        dens_table = density.reshape(-1, 1)
-        feat_table = features.reshape(-1, channels)
-        if plan["index"].shape[0] == 0:
-            raw_out, feat_out = dens_table.new_zeros(n * k, 1), feat_table.new_zeros(n * k, channels)
+        index, weight, inbox = plan["index"], plan["weight"], plan["inbox"]
+        raw_samples = gather_corners(density.detach().reshape(-1, 1), index, weight)[:, 0]
+        positions = plan.get("positions")
+        if positions is None:
+            raw = raw_samples.view(n, k)
         else:
-            bag = dict(offsets=plan["offsets"], mode="sum", per_sample_weights=plan["weight"].view(-1))
-            raw_out = F.embedding_bag(plan["index"].view(-1), dens_table, **bag)
-            feat_out = F.embedding_bag(plan["index"].view(-1), feat_table, **bag)
-        raw = raw_out.view(n, k)
-        scale = torch.exp(d_scale)
+            raw = raw_samples.new_zeros(n * k).index_put_((positions,), raw_samples).view(n, k)
+        scale = torch.exp(d_scale.detach())
         z = raw * scale + plan["shift"]
-        sigma = F.softplus(z) * plan["inbox"]
+        sigma = F.softplus(z) * inbox
         w, _, inclusive = weights_forward(sigma, step)
-        keep = w > plan["threshold"]
-        feats_raw = feat_out.t().contiguous().view(channels, n, k)  # channels first: cheap broadcasts
-        feats = activate(feats_raw, plan["activation"]) * keep
-        rgb = (feats * w).sum(dim=-1).t()
-        ctx.save_for_backward(raw, z, w, inclusive, keep, feats, feats_raw, scale)
+        keep = (w > plan["threshold"]).view(-1)
+        table = features.detach().reshape(-1, channels)
+        if positions is None:  # dense: every sample, masked
+            kept, f_index, f_weight = None, index, weight
+        else:  # compact: the samples above the threshold, by their place in the in-box list
+            kept = keep.nonzero().squeeze(1)
+            rows = plan["row_pointer"].index_select(0, kept)
+            f_index, f_weight = index.index_select(1, rows), weight.index_select(1, rows)
+        feats_raw = gather_corners(table, f_index, f_weight)
+        feats = activate(feats_raw, plan["activation"])
+        if kept is None:
+            feats = feats * keep[:, None]
+            rgb = torch.bmm(w[:, None, :], feats.view(n, k, channels)).squeeze(1)
+        else:
+            w_kept = w.view(-1).index_select(0, kept)
+            rgb = feats.new_zeros(n, channels).index_add_(0, kept // k, feats * w_kept[:, None])
+        ctx.save_for_backward(raw, z, w, inclusive, feats, feats_raw, scale)
+        ctx.kept, ctx.f_index, ctx.f_weight = kept, f_index, f_weight
+        ctx.keep = keep
         ctx.plan = plan
         ctx.shapes = (density.shape, features.shape)
+        ctx.set_materialize_grads(False)
         return rgb, w
 
     @staticmethod
     def backward(  # type: ignore[override]
         ctx: Any, grad_rgb: torch.Tensor | None, grad_w: torch.Tensor | None
     ) -> tuple[Any, ...]:
-        raw, z, w, inclusive, keep, feats, feats_raw, scale = ctx.saved_tensors
-        plan = ctx.plan
+        raw, z, w, inclusive, feats, feats_raw, scale = ctx.saved_tensors
+        plan, kept = ctx.plan, ctx.kept
         n, k = plan["n"], plan["k"]
-        channels = feats.shape[0]
-        g_rgb = torch.zeros(channels, n, 1) if grad_rgb is None else grad_rgb.t()[:, :, None]
-        gw = (feats * g_rgb).sum(dim=0)  # d rgb / d w_j = feature_j
-        if grad_w is not None:
-            gw = gw + grad_w
+        channels = feats.shape[-1]
+        gw = torch.zeros_like(w) if grad_w is None else grad_w.reshape(n, k).clone(memory_format=torch.contiguous_format)
+        if grad_rgb is not None:  # d rgb / d w_j = feature_j
+            g_rgb = grad_rgb.reshape(n, channels)
+            if kept is None:
+                gw += torch.bmm(feats.view(n, k, channels), g_rgb[:, :, None]).view(n, k)
+            else:
+                gw.view(-1).index_add_(0, kept, (feats * g_rgb.index_select(0, kept // k)).sum(dim=1))
         dsigma = weights_backward(gw, w, inclusive, plan["step"])
         graw = dsigma * torch.sigmoid(z) * plan["inbox"] * scale
         grad_scale = (graw * raw).sum() if ctx.needs_input_grad[2] else None
         grad_density = grad_features = None
-        if ctx.needs_input_grad[0] or ctx.needs_input_grad[1]:
-            dfeat = (w * keep) * g_rgb
-            slope = _activation_slope(feats_raw, plan["activation"])
-            if slope is not None:
-                dfeat = dfeat * slope
-            values = torch.cat([graw.view(1, -1), dfeat.view(channels, -1)]).t().contiguous()
+        if ctx.needs_input_grad[0]:
+            positions = plan.get("positions")
+            per_sample = graw.reshape(-1) if positions is None else graw.reshape(-1).index_select(0, positions)
             rows = int(np.prod(ctx.shapes[0]))
-            table = scatter_corners(plan["index"], plan["weight"], plan["row_pointer"], values, rows)
-            grad_density = table[:, 0].reshape(ctx.shapes[0])
-            grad_features = table[:, 1:].reshape(ctx.shapes[1])
+            grad_density = scatter_corners(plan["index"], plan["weight"], per_sample[:, None], rows).reshape(ctx.shapes[0])
+        if ctx.needs_input_grad[1]:
+            if grad_rgb is None:
+                grad_features = torch.zeros(ctx.shapes[1], dtype=feats.dtype, device=feats.device)
+            else:
+                g_rgb = grad_rgb.reshape(n, channels)
+                if kept is None:
+                    dfeat = (w * ctx.keep.view(n, k))[:, :, None] * g_rgb[:, None, :]
+                    dfeat = dfeat.reshape(n * k, channels)
+                else:
+                    dfeat = w.view(-1).index_select(0, kept)[:, None] * g_rgb.index_select(0, kept // k)
+                slope = _activation_slope(feats_raw, plan["activation"])
+                if slope is not None:
+                    dfeat = dfeat * slope
+                rows = int(np.prod(ctx.shapes[1][:-1]))
+                table = scatter_corners(ctx.f_index, ctx.f_weight, dfeat, rows)
+                grad_features = table.reshape(ctx.shapes[1])
         return grad_density, grad_features, grad_scale, None
 
 
@@ -425,6 +443,7 @@ class VoxelField(torch.nn.Module):
         )
         self.grid_size = grid_xyz(options.grid_size)
         self.backend = self._resolve_backend(options.backend, torch.device(device))
+        self._step_size = self._host_step_size()
         X, Y, Z = self.grid_size
         gen = torch.Generator().manual_seed(int(seed))
         std = float(options.init_features)
@@ -454,15 +473,27 @@ class VoxelField(torch.nn.Module):
     # ---- geometry
     @property
     def step_size(self) -> float:
-        """The reference's step: mean voxel length (float32) times step_ratio, as a float."""
-        lengths = (self.aabb[1] - self.aabb[0]).cpu() / torch.tensor(self.grid_size, dtype=torch.float32)
+        """The reference's step: mean voxel length (float32) times step_ratio, as a float.
+
+        Worked out on the host when the grid is made or resized, so reading it in a
+        training step never waits for a device."""
+        return self._step_size
+
+    def _host_step_size(self) -> float:
+        half = torch.tensor(float(self.options.box_half), dtype=torch.float32)
+        lengths = (half - -half) / torch.tensor(self.grid_size, dtype=torch.float32)
         return float((lengths.mean() * self.options.step_ratio).item())
+
+    def _voxels_per_axis(self, like: torch.Tensor) -> torch.Tensor:
+        """The grid size (x, y, z) as a tensor on ``like``'s device, made without a host copy."""
+        X, Y, Z = self.grid_size
+        return torch.stack([torch.full((), float(v), dtype=like.dtype, device=like.device) for v in (X, Y, Z)])
 
     def voxel_coords(self, points: torch.Tensor) -> torch.Tensor:
         """World points [N, 3] -> continuous voxel indices [3, N] (voxel i's centre at i),
         computed like grid_sample(align_corners=False) does."""
         lo, hi = self.aabb[0], self.aabb[1]
-        size = torch.tensor(self.grid_size, dtype=points.dtype, device=points.device)
+        size = self._voxels_per_axis(points)
         q = (points - lo) / (hi - lo) * 2 - 1
         return (((q + 1) * size - 1) / 2).t().contiguous()
 
@@ -502,7 +533,7 @@ class VoxelField(torch.nn.Module):
             return None
         device = self.density_grid.device
         lo = self.aabb[0]
-        scale = torch.tensor(self.grid_size, dtype=torch.float32, device=device) / (self.aabb[1] - lo)
+        scale = self._voxels_per_axis(self.aabb) / (self.aabb[1] - lo)
         org = (bundle.ro - lo) * scale - 0.5  # ray origin and direction in voxel units
         direction = bundle.rd * scale
         native = self.backend == "native" and device.type == "cpu"
@@ -514,36 +545,38 @@ class VoxelField(torch.nn.Module):
             order = None
             if bundle.order is not None:
                 order = torch.from_numpy(np.ascontiguousarray(bundle.order, dtype=np.int64))
-            in_order = bundle.counts if order is None else bundle.counts[bundle.order]
+            counts = bundle.counts.numpy()
+            in_order = counts if order is None else counts[bundle.order]
             plan = {
                 "lib": lib, "n": bundle.n, "k": bundle.k,
                 "order": order, "order_ptr": None if order is None else order.data_ptr(),
                 "org": f32(org), "dir": f32(direction), "t_min": f32(bundle.t_min),
-                "counts": torch.from_numpy(np.ascontiguousarray(bundle.counts, dtype=np.int64)),
+                "counts": bundle.counts.contiguous(),
                 "ticks": f32(bundle.ticks), "xyz": self.grid_size,
                 "shift": self.density_shift, "step": bundle.step, "threshold": self.weight_threshold,
                 "activation": ACTIVATION_CODES[self.activation],
                 "splits": _ray_splits(in_order, threads),
             }
             return _NativeVoxelRender.apply(self.density_grid, self.feature_grid, self.d_scale, plan)
-        rays = bundle.repeat_per_ray(torch.cat([org.t(), direction.t()]))
-        u = torch.addcmul(rays[:3], rays[3:], bundle.t_inbox[None, :])
+        u = torch.addcmul(org.t()[:, :, None], direction.t()[:, :, None], bundle.t_dense[None]).reshape(3, -1)
+        positions = bundle.positions if bundle.compact else None
+        if positions is not None:
+            u = u.index_select(1, positions)
         index, weight = trilinear_corners(u, self.grid_size)
-        row_pointer = bundle.row_pointer
         plan = {
             "n": bundle.n,
             "k": bundle.k,
             "step": bundle.step,
-            "index": index.to(device),
-            "weight": weight.to(device),
-            "row_pointer": row_pointer,
-            "offsets": torch.from_numpy((row_pointer[:-1] * 8).astype(np.int32)).to(device),
+            "index": index,
+            "weight": weight,
+            "positions": positions,
+            "row_pointer": bundle.row_pointer[:-1] if positions is not None else None,
             "inbox": bundle.inbox.to(self.density_grid.dtype),
             "shift": self.density_shift,
             "threshold": self.weight_threshold,
             "activation": self.activation,
         }
-        return _FusedVoxelRender.apply(self.density_grid, self.feature_grid, self.d_scale, plan)
+        return _TorchVoxelRender.apply(self.density_grid, self.feature_grid, self.d_scale, plan)
 
     # ---- maintenance
     @torch.no_grad()
@@ -558,6 +591,7 @@ class VoxelField(torch.nn.Module):
         self.density_grid = torch.nn.Parameter(density[0, 0].contiguous())
         self.feature_grid = torch.nn.Parameter(features[0].permute(1, 2, 3, 0).contiguous())
         self.grid_size = (X, Y, Z)
+        self._step_size = self._host_step_size()
 
     @torch.no_grad()
     def density_volume(self) -> tuple[torch.Tensor, torch.Tensor]:
