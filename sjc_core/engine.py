@@ -41,10 +41,12 @@ from sjc_core.trainer import (
     PAAS_TERM,
     CameraPlan,
     Components,
+    NonFiniteStep,
     StepResult,
     Trainer,
     build_components,
     camera_plan,
+    parameters_finite,
 )
 from sjc_core.turntable import render_turntable, view_picture
 
@@ -155,24 +157,34 @@ def run(
     bar = Progress(settings.steps, start=trainer.step, stream=stream)
     terms: dict[str, float] = {}
     state = "finished"
+    pending: list[StepResult] = []
     try:
         write_status(folder, state="running", step=trainer.step, steps=settings.steps)
         while trainer.step < settings.steps:
+            pending.append(trainer.train_step())
+            step = trainer.step
+            wants_view = step % settings.view_every == 0 or step == settings.steps
+            wants_checkpoint = step % settings.checkpoint_every == 0 or step == settings.steps
+            if not (wants_view or wants_checkpoint or stop.raised or step % settings.log_every == 0):
+                continue  # the step's values stay on the device: no wait for it
             try:
-                result = trainer.train_step()
-            except FloatingPointError as exc:
-                state = "failed"
-                kept = load_checkpoint(folder.checkpoint).step if folder.checkpoint.exists() else None
-                keep_note = f"the last good checkpoint (step {kept}) is kept" if kept is not None else "no checkpoint was written yet"
-                write_status(folder, state="failed", step=trainer.step, steps=settings.steps, error=str(exc))
-                raise SjcError(f"run stopped: {exc}; {keep_note} in {folder.checkpoint.parent}") from None
+                Trainer.fetch(pending)
+            except NonFiniteStep as exc:
+                for result in pending[: pending.index(exc.result)]:  # the good steps keep their records
+                    _log_step(folder, result.step, result)
+                _stop_on_nan(folder, step, settings.steps, exc)
+            for result in pending:
+                _log_step(folder, result.step, result)
+            result = pending[-1]
+            pending.clear()
             terms = result.terms
-            _log_step(folder, trainer.step, result)
-            bar.update(trainer.step, _status_text(result, parts.prior))
-            if trainer.step % settings.view_every == 0 or trainer.step == settings.steps:
+            bar.update(step, _status_text(result, parts.prior))
+            if wants_view:
                 picture = view_picture(parts.prior, result.scored, result.render.depth)
-                artifacts.write_image(folder.views / f"step_{trainer.step:06d}.png", picture)
-            if trainer.step % settings.checkpoint_every == 0 or trainer.step == settings.steps:
+                artifacts.write_image(folder.views / f"step_{step:06d}.png", picture)
+            if wants_checkpoint:
+                if not parameters_finite(parts.field):  # never keep a bad state as "the last good one"
+                    _stop_on_nan(folder, step, settings.steps, FloatingPointError(f"the field's parameters became NaN or Inf by step {step}"))
                 _save(trainer, folder)
             if stop.raised:
                 state = "interrupted"
@@ -197,6 +209,14 @@ def run(
         folder, state="finished", step=trainer.step, steps=settings.steps, final_terms=terms, wall_seconds=wall, outputs=outputs
     )
     return RunSummary(folder.root, "finished", trainer.step, wall, terms, outputs)
+
+
+def _stop_on_nan(folder: RunFolder, step: int, steps: int, exc: FloatingPointError) -> None:
+    """Mark the run failed and stop it with one line that says what is kept."""
+    kept = load_checkpoint(folder.checkpoint).step if folder.checkpoint.exists() else None
+    keep_note = f"the last good checkpoint (step {kept}) is kept" if kept is not None else "no checkpoint was written yet"
+    write_status(folder, state="failed", step=step, steps=steps, error=str(exc))
+    raise SjcError(f"run stopped: {exc}; {keep_note} in {folder.checkpoint.parent}") from None
 
 
 def _main_thread() -> bool:

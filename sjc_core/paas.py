@@ -168,7 +168,7 @@ def paas_gradient(
     gen_device = generator.device if generator is not None else y.device
     noise = torch.randn(shape, generator=generator, device=gen_device, dtype=y.dtype).to(y.device)
     z = y + sigma * noise
-    sigma_t = torch.tensor(float(sigma), dtype=y.dtype, device=y.device)
+    sigma_t = torch.full((), float(sigma), dtype=y.dtype, device=y.device)  # a fill, not a blocking copy
     denoised = prior.denoise(z, sigma_t, cond).to(y.dtype)
     reference = y if var_red else z
     return ((denoised - reference) / sigma).mean(dim=0, keepdim=True)

@@ -92,6 +92,12 @@ class RecipeModel(BaseModel):
     output: str = pydantic.Field("runs", min_length=1, description="folder that receives run folders")
     device: Literal["auto", "cpu", "cuda"] = pydantic.Field("auto", description="auto: cuda when available")
     view_every: int = pydantic.Field(500, gt=0, description="write a training view every N steps")
+    log_every: int = pydantic.Field(
+        10,
+        gt=0,
+        description="read loss terms back from the device every N steps (progress line, metrics.jsonl: "
+        "still one record per step); a NaN is caught at the next such step and no checkpoint keeps it",
+    )
     checkpoint_every: int = pydantic.Field(1000, gt=0, description="write a checkpoint every N steps")
     prior: dict[str, Any] = pydantic.Field(description="[prior] table: name + options")
     field: dict[str, Any] = pydantic.Field(default_factory=lambda: {"name": "voxel"}, description="[field] table")

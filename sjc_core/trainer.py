@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -20,7 +21,7 @@ from sjc_core.contracts import BuildContext, Loss, Prior, RenderOutput, View
 from sjc_core.optim import Adamax
 from sjc_core.paas import default_sigma_range, paas_gradient, sigma_schedule
 from sjc_core.recipe import Recipe
-from sjc_core.render import render_view
+from sjc_core.render import host_aabb, render_view
 
 PAAS_TERM = "paas"
 
@@ -65,17 +66,38 @@ def camera_plan(recipe: Recipe, prior: Prior) -> CameraPlan:
 
 @dataclass
 class StepResult:
+    """One step's outcome. ``values`` stays on the device (loss terms in ``names`` order,
+    then the PAAS gradient's norm and the sum of all parameter gradients, the NaN probe);
+    :meth:`Trainer.fetch` reads a batch of them back with one copy and fills ``terms``."""
+
+    step: int
     sigma: float
     label: str
-    terms: dict[str, float]
+    names: tuple[str, ...]
+    values: torch.Tensor
     seconds: dict[str, float]
     render: RenderOutput
     scored: torch.Tensor
+    terms: dict[str, float] = field(default_factory=dict)
+
+
+class NonFiniteStep(FloatingPointError):
+    """A step whose loss terms or gradients were NaN or Inf (``result`` is that step)."""
+
+    def __init__(self, result: StepResult, message: str) -> None:
+        super().__init__(message)
+        self.result = result
 
 
 @dataclass
 class Trainer:
-    """Everything one run needs between steps (built once, stepped many times)."""
+    """Everything one run needs between steps (built once, stepped many times).
+
+    A step makes no host round trip: loss terms stay on the device until :meth:`fetch`.
+    ``synchronize`` (e.g. ``torch.cuda.synchronize``), when set, is called before each
+    phase's timestamp so that ``StepResult.seconds`` means device time (benchmarks only:
+    it serialises the step).
+    """
 
     recipe: Recipe
     parts: Components
@@ -85,7 +107,7 @@ class Trainer:
     camera_rng: np.random.Generator
     noise_rng: torch.Generator
     step: int = 0
-    timings: list[dict[str, float]] = field(default_factory=list)
+    synchronize: Callable[[], None] | None = None
 
     @classmethod
     def create(cls, recipe: Recipe, parts: Components) -> "Trainer":
@@ -105,6 +127,7 @@ class Trainer:
         )
         noise_rng = torch.Generator(device=parts.device)
         noise_rng.manual_seed(settings.seed)
+        host_aabb(parts.field)  # the box on the host once, before any step needs it
         return cls(
             recipe=recipe,
             parts=parts,
@@ -118,44 +141,48 @@ class Trainer:
     def draw_view(self) -> TrainView:
         return sample_train_view(self.camera_rng, self.recipe.settings.camera, self.plan.radius, self.plan.fov_range)
 
+    def _clock(self) -> float:
+        if self.synchronize is not None:
+            self.synchronize()
+        return time.perf_counter()
+
     def train_step(self) -> StepResult:
-        """One SJC step; raises FloatingPointError (without updating) on NaN or Inf."""
+        """One SJC step: render, PAAS gradient, one backward, one Adamax update.
+
+        Nothing here waits for the device; NaN or Inf is found by :meth:`fetch`.
+        """
         parts, settings = self.parts, self.recipe.settings
         prior = parts.prior
         view = self.draw_view()
         sigma = float(self.sigmas[self.step])
         progress = self.step / settings.steps
         size = self.plan.render_size
-        clock = time.perf_counter()
+        clock = self._clock()
 
         render = render_view(parts.field, intrinsics(view.fov_deg, size, size), view.c2w, size, size)
         scored = render.image[None]
         if size != prior.resolution:
             scored = F.interpolate(scored, size=(prior.resolution, prior.resolution), mode="bilinear", align_corners=False)
-        after_render = time.perf_counter()
+        after_render = self._clock()
 
         cond = prior.condition(View(label=view.label, c2w=torch.as_tensor(view.c2w), fov_deg=view.fov_deg))
         grad = paas_gradient(
             prior, scored, sigma, cond, n_noise=settings.paas.n_noise, var_red=settings.paas.var_red, generator=self.noise_rng
         )
-        after_prior = time.perf_counter()
+        after_prior = self._clock()
 
         terms = {name: loss(render, progress) for name, loss in parts.losses}
         surrogate = -(grad.to(scored.dtype) * scored).sum()
         total = surrogate + sum(terms.values(), torch.zeros((), device=surrogate.device))
         self.optimizer.zero_grad(set_to_none=True)
         total.backward()
-        after_backward = time.perf_counter()
+        after_backward = self._clock()
 
-        values = {name: float(value.detach()) for name, value in terms.items()}
-        values[PAAS_TERM] = float(grad.norm())
-        bad = [name for name, value in values.items() if not math.isfinite(value)]
-        if not bad and not _gradients_finite(self.optimizer):
-            bad = ["gradient"]
-        if bad:
-            raise FloatingPointError(f"{', '.join(bad)} became NaN or Inf at step {self.step + 1}")
+        probes = [value.detach().reshape(()).float() for value in terms.values()]
+        probes += [grad.norm().float(), _gradient_sum(self.optimizer, surrogate.device)]
+        values = torch.stack(probes)
         self.optimizer.step()
-        done = time.perf_counter()
+        done = self._clock()
         self.step += 1
         seconds = {
             "render": after_render - clock,
@@ -163,11 +190,36 @@ class Trainer:
             "backward": after_backward - after_prior,
             "optimizer": done - after_backward,
         }
-        return StepResult(sigma, view.label, values, seconds, render, scored.detach())
+        names = (*terms, PAAS_TERM)
+        return StepResult(self.step, sigma, view.label, names, values, seconds, render, scored.detach())
+
+    @staticmethod
+    def fetch(results: list[StepResult]) -> None:
+        """Read the steps' device values back with one copy; fill each ``terms``.
+
+        Raises FloatingPointError naming the first step whose loss terms or gradients
+        became NaN or Inf (its update and later ones must not be kept).
+        """
+        if not results:
+            return
+        table = torch.stack([r.values for r in results]).to("cpu", torch.float64).numpy()
+        for result, row in zip(results, table):
+            result.terms = {name: float(value) for name, value in zip(result.names, row)}
+            bad = [name for name, value in result.terms.items() if not math.isfinite(value)]
+            if not bad and not math.isfinite(row[-1]):
+                bad = ["gradient"]
+            if bad:
+                raise NonFiniteStep(result, f"{', '.join(bad)} became NaN or Inf at step {result.step}")
 
 
-def _gradients_finite(optimizer: torch.optim.Optimizer) -> bool:
+def _gradient_sum(optimizer: torch.optim.Optimizer, device: torch.device) -> torch.Tensor:
+    """The sum of every parameter gradient: finite iff all of them are (one reduction each)."""
     grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
     if not grads:
-        return True
-    return bool(torch.isfinite(torch.stack([g.sum() for g in grads])).all())
+        return torch.zeros((), device=device)
+    return torch.stack([g.sum().float() for g in grads]).sum()
+
+
+def parameters_finite(module: torch.nn.Module) -> bool:
+    """Whether every parameter is finite (waits for the device: checkpoints only)."""
+    return all(bool(torch.isfinite(p).all()) for p in module.parameters())

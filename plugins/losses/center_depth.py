@@ -16,6 +16,7 @@ d >= epsilon, and below epsilon it keeps pushing d up with the constant slope -w
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
@@ -42,11 +43,16 @@ def center_mask(height: int, width: int, fraction: float) -> torch.Tensor:
     For 64x64 and 50/64 this is rows and columns 7..56, the reference's ``depth[7:-7, 7:-7]``.
     """
     mask = torch.zeros(height, width, dtype=torch.bool)
-    ch = max(1, min(height - 1, round(fraction * height)))
-    cw = max(1, min(width - 1, round(fraction * width)))
-    top, left = (height - ch) // 2, (width - cw) // 2
+    top, left, ch, cw = window_box(height, width, fraction)
     mask[top : top + ch, left : left + cw] = True
     return mask
+
+
+def window_box(height: int, width: int, fraction: float) -> tuple[int, int, int, int]:
+    """Top, left, height and width of the centred window (host integers)."""
+    ch = max(1, min(height - 1, round(fraction * height)))
+    cw = max(1, min(width - 1, round(fraction * width)))
+    return (height - ch) // 2, (width - cw) // 2, ch, cw
 
 
 def log_barrier(gap: torch.Tensor, epsilon: float) -> torch.Tensor:
@@ -59,13 +65,30 @@ def log_barrier(gap: torch.Tensor, epsilon: float) -> torch.Tensor:
 class CenterDepthLoss:
     def __init__(self, options: CenterDepthOptions) -> None:
         self.options = options
+        self._windows: dict[tuple[Any, ...], torch.Tensor] = {}
 
     def gap(self, depth: torch.Tensor) -> torch.Tensor:
-        """border mean - centre mean of a depth map [H, W]."""
-        mask = center_mask(depth.shape[-2], depth.shape[-1], self.options.center_fraction).to(depth.device)
-        centre = depth[mask].mean()
-        border = depth[~mask].mean()
+        """border mean - centre mean of a depth map [H, W].
+
+        Weighted sums over the window's mask, not boolean indexing: the pixel counts are
+        known on the host, so the loss never waits for the device.
+        """
+        height, width = depth.shape[-2], depth.shape[-1]
+        _, _, ch, cw = window_box(height, width, self.options.center_fraction)
+        inside = ch * cw
+        window = self._window(height, width, depth)
+        centre = (depth * window).sum() / inside
+        border = (depth * (1 - window)).sum() / (height * width - inside)
         return border - centre
+
+    def _window(self, height: int, width: int, like: torch.Tensor) -> torch.Tensor:
+        """The window's mask as a float tensor on ``like``'s device, uploaded once per size."""
+        key = (height, width, str(like.device), like.dtype)
+        cached = self._windows.get(key)
+        if cached is None:
+            mask = center_mask(height, width, self.options.center_fraction)
+            cached = self._windows[key] = mask.to(dtype=like.dtype).to(like.device, non_blocking=True)
+        return cached
 
     def __call__(self, render: RenderOutput, progress: float) -> torch.Tensor:
         depth = render.depth

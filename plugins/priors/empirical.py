@@ -245,10 +245,12 @@ class EmpiricalPrior:
         if x.ndim != 4 or tuple(x.shape[1:]) != (3, self.resolution, self.resolution):
             raise ValueError(f"expected x of shape [B, 3, {self.resolution}, {self.resolution}], got {tuple(x.shape)}")
         batch = x.shape[0]
-        s = torch.as_tensor(sigma, dtype=torch.float64).reshape(-1).to(self.device)
+        if not torch.is_tensor(sigma) and bool((np.asarray(sigma) <= 0).any()):  # tensors: no read-back, no device wait
+            raise ValueError("sigma must be positive: a scalar or one per image")
+        s = torch.as_tensor(sigma, dtype=torch.float64).reshape(-1).to(self.device, non_blocking=True)
         if s.numel() == 1:
             s = s.expand(batch)
-        if s.numel() != batch or bool((s <= 0).any()):
+        if s.numel() != batch:
             raise ValueError("sigma must be positive: a scalar or one per image")
         scale = (1.0 / s.pow(2)).to(self.dtype)[:, None]  # [B, 1]
         query = (x.detach().to(self.device, torch.float64).reshape(batch, -1) - self._mean).to(self.dtype)
@@ -274,7 +276,7 @@ class EmpiricalPrior:
             for start in range(0, self.count, step):
                 yield self._data[start : start + step], self._half_sq[start : start + step]
             return
-        index = torch.as_tensor(cond, dtype=torch.long).reshape(-1).to(self.device)
+        index = torch.as_tensor(cond, dtype=torch.long).reshape(-1).to(self.device, non_blocking=True)
         if index.numel() == 0:
             raise ValueError("empty conditioning set")
         for start in range(0, index.numel(), step):
