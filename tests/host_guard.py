@@ -15,7 +15,9 @@ Inside the block the listed ``torch.Tensor`` methods (and a few ``torch`` functi
 ``sjc_core`` and ``sjc_plugins``); calls from torch, diffusers, transformers or the test
 itself go through untouched. A violation is also recorded, and the block raises on exit
 if sjc code swallowed the error. ``Tensor.to`` is guarded only for a move to the CPU from
-another device (a no-op ``.to`` is fine).
+another device (a no-op ``.to`` is fine). A torch dispatch mode also flags ops whose output
+shape depends on values (boolean indexing, ``nonzero``, ``repeat_interleave`` by counts,
+``unique``), which torch calls from C++ where no Python method is involved.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 SJC_MODULES = ("sjc_core", "sjc_plugins")
 
@@ -69,6 +72,45 @@ def _moves_to_cpu(tensor: torch.Tensor, args: tuple[Any, ...], kwargs: dict[str,
     return device is not None and torch.device(device).type == "cpu"
 
 
+# aten ops whose output shape depends on tensor values: on a GPU each one waits for the
+# device (they are called from C++ too, e.g. by boolean indexing, so a dispatch mode sees
+# them where patching Python methods cannot).
+DATA_DEPENDENT_OPS = frozenset(
+    {"nonzero", "masked_select", "unique", "_unique", "_unique2", "unique_consecutive", "unique_dim", "argwhere"}
+)
+
+
+def _first_outside_torch(depth: int) -> Any:
+    frame = sys._getframe(depth)
+    while frame is not None and (frame.f_globals.get("__name__", "") or "").startswith("torch"):
+        frame = frame.f_back
+    return frame
+
+
+class _DataDependentShapes(TorchDispatchMode):
+    """Flags value-dependent shapes (boolean indexing, nonzero, repeat_interleave by
+    counts, unique) when the nearest frame outside torch is guarded code."""
+
+    def __init__(self, is_guarded: Any, report: Any) -> None:
+        super().__init__()
+        self.is_guarded, self.report = is_guarded, report
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: Any = None) -> Any:
+        kwargs = kwargs or {}
+        name = func._schema.name.split("::")[-1]
+        flagged = name in DATA_DEPENDENT_OPS
+        if name in ("index", "index_put", "index_put_", "_index_put_impl_"):
+            indices = args[1] if len(args) > 1 else ()
+            flagged = any(torch.is_tensor(i) and i.dtype == torch.bool for i in indices or ())
+        if name == "repeat_interleave" and len(args) > 1 and torch.is_tensor(args[1]):
+            flagged = kwargs.get("output_size") is None
+        if flagged:
+            frame = _first_outside_torch(2)
+            if frame is not None and self.is_guarded(frame):
+                self.report(f"aten.{name} (shape depends on values)", frame)
+        return func(*args, **kwargs)
+
+
 @contextlib.contextmanager
 def forbid_host_sync(
     modules: Iterable[str] = SJC_MODULES,
@@ -88,15 +130,17 @@ def forbid_host_sync(
     violations: list[str] = []
 
     def guarded_caller() -> bool:
-        frame = sys._getframe(3)
-        module = frame.f_globals.get("__name__", "") or ""
-        return _is_guarded(module, modules) and f"{module}.{frame.f_code.co_name}" not in allowed
+        return frame_guarded(sys._getframe(3))
 
-    def report(what: str) -> None:
-        frame = sys._getframe(2)
+    def report(what: str, frame: Any = None) -> None:
+        frame = frame or sys._getframe(2)
         where = f"{what} from {frame.f_globals.get('__name__', '?')}:{frame.f_lineno}"
         violations.append(where)
         raise HostSyncError(f"host sync in sjc code: {where}")
+
+    def frame_guarded(frame: Any) -> bool:
+        module = frame.f_globals.get("__name__", "") or ""
+        return _is_guarded(module, modules) and f"{module}.{frame.f_code.co_name}" not in allowed
 
     def guard_method(name: str, original: Any) -> Any:
         @functools.wraps(original)
@@ -138,7 +182,8 @@ def forbid_host_sync(
             if hasattr(torch, name):
                 saved_functions.append((name, getattr(torch, name)))
                 setattr(torch, name, guard_function(name, getattr(torch, name)))
-        yield violations
+        with _DataDependentShapes(frame_guarded, report):
+            yield violations
     finally:
         for name, own in reversed(saved_methods):
             if own is None:
