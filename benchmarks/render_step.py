@@ -80,7 +80,7 @@ def sjc_step(scenario: str, backend: str):  # type: ignore[no-untyped-def]
 
     p = parameters(scenario)
     field = build_voxel_field(VoxelOptions(backend=backend, init_features=0.0), BuildContext(channels=4))
-    features = p["color"].permute(1, 2, 3, 0).contiguous()
+    features = p["color"].permute(1, 2, 3, 0)  # a view: the harness holds no extra copy of the grid
     optimizer = Adamax(field.param_groups(0.05))
     K, pose = camera()
     g = p["g"]

@@ -20,7 +20,8 @@ from sjc_core.contracts import BuildContext, Field
 from sjc_core.errors import SjcError
 from sjc_core.plugins import load_registry
 from sjc_core.render import BACKGROUND_DEPTH, camera_rays, render_view
-from sjc_plugins.fields.voxel import VoxelField, VoxelOptions, gather_corners, scatter_corners
+from sjc_plugins.fields.trilinear import gather_corners, scatter_corners, trilinear_corners
+from sjc_plugins.fields.voxel import VoxelField, VoxelOptions
 
 
 @functools.lru_cache(maxsize=1)
@@ -359,20 +360,27 @@ def test_two_threads_give_the_same_render():
 
 
 def test_scatter_is_the_transpose_of_the_gather():
-    """scatter_corners against a brute-force loop, and <gather(T), v> == <T, scatter(v)>."""
+    """scatter_corners against a brute-force loop over its corners, gather_corners against
+    grid_sample, and <gather(T), v> == <T, scatter(v)>."""
     gen = torch.Generator().manual_seed(0)
-    index = torch.randint(0, 50, (8, 30), generator=gen)
-    weight = torch.rand(8, 30, generator=gen)
+    size = (5, 4, 3)  # x, y, z: a non-cubic grid catches axis mix-ups
+    u = torch.rand(3, 30, generator=gen, dtype=torch.float64) * torch.tensor([[6.0], [5.0], [4.0]]) - 0.75
+    corners = trilinear_corners(u, size)
     values = torch.randn(30, 3, generator=gen, dtype=torch.float64)
-    out = scatter_corners(index, weight.double(), values, 50)
-    dense = torch.zeros(50, 3, dtype=torch.float64)
+    out = scatter_corners(corners, values, 60)
+    index, weight = corners.table()
+    dense = torch.zeros(60, 3, dtype=torch.float64)
     for s in range(30):
         for c in range(8):
-            dense[index[c, s]] += weight[c, s].double() * values[s]
+            dense[index[c, s]] += weight[c, s] * values[s]
     torch.testing.assert_close(out, dense, atol=1e-12, rtol=1e-12)
-    table = torch.randn(50, 3, generator=gen, dtype=torch.float64)
-    gathered = gather_corners(table, index, weight.double())
+    table = torch.randn(60, 3, generator=gen, dtype=torch.float64)
+    gathered = gather_corners(table, corners)
     assert torch.allclose((gathered * values).sum(), (table * out).sum(), rtol=1e-12)
+    grid = table.t().reshape(1, 3, 3, 4, 5)  # [1, C, Z, Y, X]
+    q = (2 * u + 1) / torch.tensor([[5.0], [4.0], [3.0]], dtype=torch.float64) - 1  # align_corners=False
+    expected = torch.nn.functional.grid_sample(grid, q.t().reshape(1, 30, 1, 1, 3), align_corners=False)
+    torch.testing.assert_close(gathered, expected.reshape(3, 30).t(), atol=1e-12, rtol=1e-12)
 
 
 def test_without_a_compiler_auto_falls_back_and_native_says_why(tmp_path):

@@ -13,35 +13,30 @@ Render paths (option ``backend``), all equal to the generic Field-contract path:
   (:mod:`sjc_plugins.fields._voxel_native`) marches each ray once forward and once backward,
   with the analytic gradient of the weights; no per-sample temporaries beyond what the
   backward reads.
-* ``torch``: the same autograd node from torch operations on the grids' device (what CUDA
-  runs, and the CPU without a compiler): trilinear corners of the samples once, per-corner
-  gathers, the analytic weight gradient and one 1-D ``scatter_add_`` per channel; dense
-  masks on GPUs (no shape depends on the data, so nothing waits for the device), compact
-  in-box and above-threshold lists on the CPU.
+* ``torch``: the same node from torch operations on the grids' device
+  (:mod:`sjc_plugins.fields._voxel_torch`): what CUDA runs, and the CPU without a compiler.
 * ``generic``: ``density``/``features`` through autograd (for checking).
 """
 
 from __future__ import annotations
 
-import ctypes
-import functools
 from typing import Any, Literal
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from sjc_core import native
 from sjc_core.contracts import BuildContext
 from sjc_core.errors import SjcError
 from sjc_core.hookspecs import hookimpl
-from sjc_core.render import SampleBundle, weights_backward, weights_forward
-from sjc_plugins.fields._voxel_native import kernel_or_reason
+from sjc_core.render import SampleBundle
+from sjc_plugins.fields._voxel_native import NativeVoxelRender, kernel_or_reason, native_plan
+from sjc_plugins.fields._voxel_torch import TorchVoxelRender, torch_plan
+from sjc_plugins.fields.shading import activate, background_lookup
+from sjc_plugins.fields.trilinear import TrilinearGather, trilinear_corners
 
 Activation = Literal["auto", "identity", "2*sigmoid-1", "sigmoid"]
 Backend = Literal["auto", "native", "torch", "generic"]
-ACTIVATION_CODES = {"identity": 0, "2*sigmoid-1": 1, "sigmoid": 2}
 
 
 class VoxelOptions(BaseModel):
@@ -92,326 +87,6 @@ def grid_xyz(size: int | list[int] | tuple[int, ...]) -> tuple[int, int, int]:
     if len(sizes) != 3 or any(int(s) < 2 for s in sizes):
         raise ValueError(f"grid size must be one int or three, each >= 2 (got {size!r})")
     return int(sizes[0]), int(sizes[1]), int(sizes[2])
-
-
-# --------------------------------------------------------------------------- trilinear corners
-
-
-def trilinear_corners(u: torch.Tensor, size_xyz: tuple[int, int, int]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Flat corner indices (int32) and weights, both corner-major [8, M], of continuous voxel
-    coordinates ``u`` [3, M] (rows x, y, z; voxel i's centre at u = i) in a [Z, Y, X] grid.
-
-    Zero padding without out-of-range indices: clamping u into [0, size-1] and scaling by
-    ``prod(1 - |u - clamped|)`` gives exactly the weights grid_sample keeps (a corner
-    outside the grid would only ever be paired with the edge voxel on that axis).
-    Corner-major rows are what the per-corner gathers and scatters below read; int32
-    indices halve the memory written (grids up to 2^31 voxels).
-    """
-    X, Y, Z = size_xyz
-    device = u.device
-    sizes = (X, Y, Z)
-    clamped = torch.stack([u[axis].clamp(0, sizes[axis] - 1) for axis in range(3)])
-    fade = (u - clamped).abs_().neg_().add_(1).clamp_(min=0).prod(dim=0)
-    lower = clamped.to(torch.int32)
-    lower = torch.stack([lower[axis].clamp_(max=sizes[axis] - 2) for axis in range(3)])
-    frac = clamped - lower
-    rest = 1 - frac
-    base = (lower[2] * (X * Y)).add_(lower[1] * X).add_(lower[0])
-    count = u.shape[1]
-    w8 = torch.empty(8, count, dtype=u.dtype, device=device)
-    i8 = torch.empty(8, count, dtype=torch.int32, device=device)
-    wz = (rest[2] * fade, frac[2] * fade)
-    wy = (rest[1], frac[1])
-    wx = (rest[0], frac[0])
-    corner = 0
-    for dz in range(2):
-        for dy in range(2):
-            wzy = wz[dz] * wy[dy]
-            for dx in range(2):
-                torch.mul(wzy, wx[dx], out=w8[corner])
-                torch.add(base, dz * X * Y + dy * X + dx, out=i8[corner])
-                corner += 1
-    return i8, w8
-
-
-def gather_corners(table: torch.Tensor, index: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """Trilinear values [S, C] of a channels-last table [G, C] at corners ``index``/``weight``
-    [8, S]: corner by corner, so no [8, S, C] temporary (corners summed in order 0..7)."""
-    if table.shape[1] == 1:  # one channel: 1-D gathers, several times faster on CPU
-        flat = table.reshape(-1)
-        out = flat.index_select(0, index[0]) * weight[0]
-        for corner in range(1, 8):
-            out.addcmul_(flat.index_select(0, index[corner]), weight[corner])
-        return out[:, None]
-    out = table.index_select(0, index[0]) * weight[0][:, None]
-    for corner in range(1, 8):
-        out.addcmul_(table.index_select(0, index[corner]), weight[corner][:, None])
-    return out
-
-
-def scatter_corners(index: torch.Tensor, weight: torch.Tensor, values: torch.Tensor, rows: int) -> torch.Tensor:
-    """Transpose of :func:`gather_corners`: out[g] = sum over samples s and corners c with
-    index[c, s] == g of weight[c, s] * values[s], out [rows, C].
-
-    One 1-D ``index_add_`` per channel into a channels-first buffer (a fast loop on the
-    CPU, atomic adds on GPUs; a 2-D ``index_add_`` is ~30x slower on the CPU).
-    """
-    channels = values.shape[1]
-    out = torch.zeros(channels, rows, dtype=values.dtype, device=values.device)
-    flat_index = index.reshape(-1)
-    for ch in range(channels):
-        out[ch].index_add_(0, flat_index, (weight * values[:, ch]).reshape(-1))
-    return out.t()
-
-
-class TrilinearGather(torch.autograd.Function):
-    """Trilinear values of a channels-last table [G, C] at precomputed corners -> [S, C]."""
-
-    @staticmethod
-    def forward(  # type: ignore[override]
-        ctx: Any, table: torch.Tensor, index: torch.Tensor, weight: torch.Tensor
-    ) -> torch.Tensor:
-        ctx.save_for_backward(index, weight)
-        ctx.rows = table.shape[0]
-        return gather_corners(table, index, weight)
-
-    @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, None, None]:  # type: ignore[override]
-        index, weight = ctx.saved_tensors
-        if not ctx.needs_input_grad[0]:
-            return None, None, None
-        return scatter_corners(index, weight, grad, ctx.rows), None, None
-
-
-# --------------------------------------------------------------------------- activations
-
-
-def background_lookup(texture: torch.Tensor, directions: torch.Tensor, activation: str) -> torch.Tensor:
-    """Spherical background texture [1, C, s, s] seen along unit directions -> [N, C].
-
-    u (polar angle from +z) indexes the width, v (azimuth about z) the height, bilinear with
-    zero padding: the reference's lookup, in its operation order (parity depends on it).
-    Every field with a texture background uses this, so fields can be swapped in a recipe.
-    """
-    x, y, z = directions.to(texture.dtype).t()
-    u = torch.atan2((x**2 + y**2) ** 0.5, z) / torch.pi
-    v = torch.atan2(y, x) / (torch.pi * 2) + 0.5
-    uv = torch.stack([u, v], -1) * 2 - 1
-    feats = F.grid_sample(texture, uv.view(1, -1, 1, 2), align_corners=False)
-    return activate(feats.view(texture.shape[1], -1).t(), activation)
-
-
-def activate(x: torch.Tensor, kind: str) -> torch.Tensor:
-    if kind == "identity":
-        return x
-    if kind == "sigmoid":
-        return torch.sigmoid(x)
-    return torch.sigmoid(x) * 2 - 1
-
-
-def _activation_slope(x: torch.Tensor, kind: str) -> torch.Tensor | None:
-    """d act / dx, or None for the identity."""
-    if kind == "identity":
-        return None
-    s = torch.sigmoid(x)
-    slope = s * (1 - s)
-    return slope * 2 if kind == "2*sigmoid-1" else slope
-
-
-# --------------------------------------------------------------------------- fused render
-
-
-class _TorchVoxelRender(torch.autograd.Function):
-    """Foreground features [n, C] and weights [n, k] of a bundle in one node, from torch
-    operations on the grids' device (the path CUDA runs, and the CPU's without a compiler).
-
-    ``plan`` holds the samples' corners. Dense plans (GPUs) cover all n*k samples, with
-    out-of-box corner weights zeroed and sub-threshold features masked, so no shape depends
-    on the data; compact plans (CPU) list the in-box samples (``positions``) and gather
-    features only where the weight passes the threshold. The backward takes gradients of
-    both outputs, either of them absent, through any number of backward calls.
-    """
-
-    @staticmethod
-    def forward(  # type: ignore[override]
-        ctx: Any, density: torch.Tensor, features: torch.Tensor, d_scale: torch.Tensor, plan: dict[str, Any]
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        n, k, step = plan["n"], plan["k"], plan["step"]
-        channels = features.shape[-1]
-        index, weight, inbox = plan["index"], plan["weight"], plan["inbox"]
-        raw_samples = gather_corners(density.detach().reshape(-1, 1), index, weight)[:, 0]
-        positions = plan.get("positions")
-        if positions is None:
-            raw = raw_samples.view(n, k)
-        else:
-            raw = raw_samples.new_zeros(n * k).index_put_((positions,), raw_samples).view(n, k)
-        scale = torch.exp(d_scale.detach())
-        z = raw * scale + plan["shift"]
-        sigma = F.softplus(z) * inbox
-        w, _, inclusive = weights_forward(sigma, step)
-        keep = (w > plan["threshold"]).view(-1)
-        table = features.detach().reshape(-1, channels)
-        if positions is None:  # dense: every sample, masked
-            kept, f_index, f_weight = None, index, weight
-        else:  # compact: the samples above the threshold, by their place in the in-box list
-            kept = keep.nonzero().squeeze(1)
-            rows = plan["row_pointer"].index_select(0, kept)
-            f_index, f_weight = index.index_select(1, rows), weight.index_select(1, rows)
-        feats_raw = gather_corners(table, f_index, f_weight)
-        feats = activate(feats_raw, plan["activation"])
-        if kept is None:
-            feats = feats * keep[:, None]
-            rgb = torch.bmm(w[:, None, :], feats.view(n, k, channels)).squeeze(1)
-        else:
-            w_kept = w.view(-1).index_select(0, kept)
-            rgb = feats.new_zeros(n, channels).index_add_(0, kept // k, feats * w_kept[:, None])
-        ctx.save_for_backward(raw, z, w, inclusive, feats, feats_raw, scale)
-        ctx.kept, ctx.f_index, ctx.f_weight = kept, f_index, f_weight
-        ctx.keep = keep
-        ctx.plan = plan
-        ctx.shapes = (density.shape, features.shape)
-        ctx.set_materialize_grads(False)
-        return rgb, w
-
-    @staticmethod
-    def backward(  # type: ignore[override]
-        ctx: Any, grad_rgb: torch.Tensor | None, grad_w: torch.Tensor | None
-    ) -> tuple[Any, ...]:
-        raw, z, w, inclusive, feats, feats_raw, scale = ctx.saved_tensors
-        plan, kept = ctx.plan, ctx.kept
-        n, k = plan["n"], plan["k"]
-        channels = feats.shape[-1]
-        gw = torch.zeros_like(w) if grad_w is None else grad_w.reshape(n, k).clone(memory_format=torch.contiguous_format)
-        if grad_rgb is not None:  # d rgb / d w_j = feature_j
-            g_rgb = grad_rgb.reshape(n, channels)
-            if kept is None:
-                gw += torch.bmm(feats.view(n, k, channels), g_rgb[:, :, None]).view(n, k)
-            else:
-                gw.view(-1).index_add_(0, kept, (feats * g_rgb.index_select(0, kept // k)).sum(dim=1))
-        dsigma = weights_backward(gw, w, inclusive, plan["step"])
-        graw = dsigma * torch.sigmoid(z) * plan["inbox"] * scale
-        grad_scale = (graw * raw).sum() if ctx.needs_input_grad[2] else None
-        grad_density = grad_features = None
-        if ctx.needs_input_grad[0]:
-            positions = plan.get("positions")
-            per_sample = graw.reshape(-1) if positions is None else graw.reshape(-1).index_select(0, positions)
-            rows = int(np.prod(ctx.shapes[0]))
-            grad_density = scatter_corners(plan["index"], plan["weight"], per_sample[:, None], rows).reshape(ctx.shapes[0])
-        if ctx.needs_input_grad[1]:
-            if grad_rgb is None:
-                grad_features = torch.zeros(ctx.shapes[1], dtype=feats.dtype, device=feats.device)
-            else:
-                g_rgb = grad_rgb.reshape(n, channels)
-                if kept is None:
-                    dfeat = (w * ctx.keep.view(n, k))[:, :, None] * g_rgb[:, None, :]
-                    dfeat = dfeat.reshape(n * k, channels)
-                else:
-                    dfeat = w.view(-1).index_select(0, kept)[:, None] * g_rgb.index_select(0, kept // k)
-                slope = _activation_slope(feats_raw, plan["activation"])
-                if slope is not None:
-                    dfeat = dfeat * slope
-                rows = int(np.prod(ctx.shapes[1][:-1]))
-                table = scatter_corners(ctx.f_index, ctx.f_weight, dfeat, rows)
-                grad_features = table.reshape(ctx.shapes[1])
-        return grad_density, grad_features, grad_scale, None
-
-
-class _NativeVoxelRender(torch.autograd.Function):
-    """The node of :class:`_FusedVoxelRender`, computed by the compiled per-ray kernel, which
-    also sums opacity and depth on its way along each ray."""
-
-    @staticmethod
-    def forward(  # type: ignore[override]
-        ctx: Any, density: torch.Tensor, features: torch.Tensor, d_scale: torch.Tensor, plan: dict[str, Any]
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        n, k = plan["n"], plan["k"]
-        channels = features.shape[-1]
-        rgb = torch.empty(n, channels)
-        opacity = torch.empty(n)
-        depth = torch.empty(n)
-        w = torch.empty(n, k)
-        raw = torch.empty(n, k)
-        alpha = torch.empty(n, k)
-        slope = torch.empty(n, k)
-        feats = torch.empty(n, k, channels)  # written only where w > threshold
-        dens = density.detach().contiguous()
-        feat = features.detach().contiguous()
-        scale = float(torch.exp(d_scale.detach()).item())
-        ptr = lambda t: t.data_ptr()  # noqa: E731
-        lib = plan["lib"]
-
-        def run(r0: int, r1: int) -> None:
-            status = lib.sjc_voxel_forward(
-                r0, r1, k, plan["order_ptr"], ptr(plan["org"]), ptr(plan["dir"]), ptr(plan["t_min"]),
-                ptr(plan["counts"]), ptr(plan["ticks"]), ptr(dens), ptr(feat), *plan["xyz"], channels,
-                scale, plan["shift"], plan["step"], plan["threshold"], plan["activation"],
-                ptr(rgb), ptr(opacity), ptr(depth), ptr(w), ptr(raw), ptr(alpha), ptr(slope), ptr(feats),
-            )
-            if status != 0:
-                raise RuntimeError(f"voxel kernel failed ({status}): 1 to 64 channels, or out of memory")
-
-        splits = plan["splits"]
-        native.run_calls([functools.partial(run, a, b) for a, b in zip(splits, splits[1:])], len(splits) - 1)
-        ctx.save_for_backward(w, raw, alpha, slope, feats)
-        ctx.plan = plan
-        ctx.scale = scale
-        ctx.shapes = (density.shape, features.shape)
-        ctx.set_materialize_grads(False)  # an unused output's gradient stays None: no [n, k] zeros
-        return rgb, w, opacity, depth
-
-    @staticmethod
-    def backward(  # type: ignore[override]
-        ctx: Any,
-        grad_rgb: torch.Tensor | None,
-        grad_w: torch.Tensor | None,
-        grad_opacity: torch.Tensor | None,
-        grad_depth: torch.Tensor | None,
-    ) -> tuple[Any, ...]:
-        w, raw, alpha, slope, feats = ctx.saved_tensors
-        plan = ctx.plan
-        n, k = plan["n"], plan["k"]
-        channels = feats.shape[-1]
-        g_rgb = torch.zeros(n, channels) if grad_rgb is None else grad_rgb.contiguous()
-        g_w, g_opacity, g_depth = (None if g is None else g.contiguous() for g in (grad_w, grad_opacity, grad_depth))
-        optional = lambda t: None if t is None else t.data_ptr()  # noqa: E731
-        splits = plan["splits"]
-        parts = len(splits) - 1
-        dens_shape, feat_shape = ctx.shapes
-        grads = [(torch.zeros(dens_shape), torch.zeros(feat_shape)) for _ in range(parts)]
-        partial = (ctypes.c_double * parts)()
-        ptr = lambda t: t.data_ptr()  # noqa: E731
-        lib = plan["lib"]
-
-        def run(part: int, r0: int, r1: int) -> None:
-            lib.sjc_voxel_backward(
-                r0, r1, k, plan["order_ptr"], ptr(plan["org"]), ptr(plan["dir"]), ptr(plan["t_min"]),
-                ptr(plan["counts"]), ptr(plan["ticks"]), *plan["xyz"], channels,
-                ctx.scale, plan["step"], plan["threshold"], plan["activation"],
-                ptr(g_rgb), optional(g_w), optional(g_opacity), optional(g_depth),
-                ptr(w), ptr(raw), ptr(alpha), ptr(slope),
-                ptr(feats), ptr(grads[part][0]), ptr(grads[part][1]),
-                ctypes.byref(partial, part * ctypes.sizeof(ctypes.c_double)),
-            )
-
-        ranges = enumerate(zip(splits, splits[1:]))
-        native.run_calls([functools.partial(run, i, a, b) for i, (a, b) in ranges], parts)
-        grad_density, grad_features = grads[0]
-        for extra_density, extra_features in grads[1:]:
-            grad_density += extra_density
-            grad_features += extra_features
-        grad_scale = torch.tensor(sum(partial), dtype=torch.float32) if ctx.needs_input_grad[2] else None
-        return grad_density, grad_features, grad_scale, None
-
-
-def _ray_splits(counts: np.ndarray, parts: int) -> list[int]:
-    """Ray boundaries giving each part about the same number of samples."""
-    n = len(counts)
-    if parts <= 1 or n < 1024:
-        return [0, n]
-    cum = np.cumsum(counts)
-    targets = cum[-1] * np.arange(1, parts) / parts
-    inner = np.searchsorted(cum, targets).tolist()
-    return sorted({0, n, *[int(b) for b in inner]})
 
 
 # --------------------------------------------------------------------------- the field
@@ -499,9 +174,9 @@ class VoxelField(torch.nn.Module):
 
     def _gather(self, table: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
         """Trilinear values [N, channels] of a grid parameter [Z, Y, X(, channels)] at world points."""
-        index, weight = trilinear_corners(self.voxel_coords(points.to(table.dtype)), self.grid_size)
-        rows = table.reshape(int(np.prod(self.grid_size)), -1)
-        return TrilinearGather.apply(rows, index.to(table.device), weight.to(table.device))
+        corners = trilinear_corners(self.voxel_coords(points.to(device=table.device, dtype=table.dtype)), self.grid_size)
+        X, Y, Z = self.grid_size
+        return TrilinearGather.apply(table.reshape(X * Y * Z, -1), corners)
 
     # ---- Field contract
     def density(self, points: torch.Tensor) -> torch.Tensor:
@@ -537,46 +212,12 @@ class VoxelField(torch.nn.Module):
         org = (bundle.ro - lo) * scale - 0.5  # ray origin and direction in voxel units
         direction = bundle.rd * scale
         native = self.backend == "native" and device.type == "cpu"
-        native = native and self.density_grid.dtype == self.feature_grid.dtype == torch.float32
-        if native:  # the kernel reads float32 arrays on the CPU; anything else takes the torch path
-            lib, _ = kernel_or_reason()
-            threads = max(1, torch.get_num_threads())
-            f32 = lambda t: t.detach().to(torch.float32).contiguous()  # noqa: E731
-            order = None
-            if bundle.order is not None:
-                order = torch.from_numpy(np.ascontiguousarray(bundle.order, dtype=np.int64))
-            counts = bundle.counts.numpy()
-            in_order = counts if order is None else counts[bundle.order]
-            plan = {
-                "lib": lib, "n": bundle.n, "k": bundle.k,
-                "order": order, "order_ptr": None if order is None else order.data_ptr(),
-                "org": f32(org), "dir": f32(direction), "t_min": f32(bundle.t_min),
-                "counts": bundle.counts.contiguous(),
-                "ticks": f32(bundle.ticks), "xyz": self.grid_size,
-                "shift": self.density_shift, "step": bundle.step, "threshold": self.weight_threshold,
-                "activation": ACTIVATION_CODES[self.activation],
-                "splits": _ray_splits(in_order, threads),
-            }
-            return _NativeVoxelRender.apply(self.density_grid, self.feature_grid, self.d_scale, plan)
-        u = torch.addcmul(org.t()[:, :, None], direction.t()[:, :, None], bundle.t_dense[None]).reshape(3, -1)
-        positions = bundle.positions if bundle.compact else None
-        if positions is not None:
-            u = u.index_select(1, positions)
-        index, weight = trilinear_corners(u, self.grid_size)
-        plan = {
-            "n": bundle.n,
-            "k": bundle.k,
-            "step": bundle.step,
-            "index": index,
-            "weight": weight,
-            "positions": positions,
-            "row_pointer": bundle.row_pointer[:-1] if positions is not None else None,
-            "inbox": bundle.inbox.to(self.density_grid.dtype),
-            "shift": self.density_shift,
-            "threshold": self.weight_threshold,
-            "activation": self.activation,
-        }
-        return _TorchVoxelRender.apply(self.density_grid, self.feature_grid, self.d_scale, plan)
+        if native and self.density_grid.dtype == self.feature_grid.dtype == torch.float32:
+            # the kernel reads float32 arrays on the CPU; anything else takes the torch path
+            plan = native_plan(self, bundle, org, direction)
+            return NativeVoxelRender.apply(self.density_grid, self.feature_grid, self.d_scale, plan)
+        plan = torch_plan(self, bundle, org, direction)
+        return TorchVoxelRender.apply(self.density_grid, self.feature_grid, self.d_scale, plan)
 
     # ---- maintenance
     @torch.no_grad()
@@ -622,4 +263,4 @@ def register_fields(register) -> None:  # type: ignore[no-untyped-def]
     )
 
 
-__all__ = ["TrilinearGather", "VoxelField", "VoxelOptions", "scatter_corners", "trilinear_corners"]
+__all__ = ["VoxelField", "VoxelOptions", "activate", "background_lookup", "build_voxel_field", "check_grid_size", "grid_xyz"]
