@@ -130,7 +130,7 @@ def forbid_host_sync(
     violations: list[str] = []
 
     def guarded_caller() -> bool:
-        return frame_guarded(sys._getframe(3))
+        return frame_guarded(sys._getframe(2))  # 0: here, 1: the guard wrapper, 2: the tensor method's caller
 
     def report(what: str, frame: Any = None) -> None:
         frame = frame or sys._getframe(2)

@@ -14,7 +14,6 @@ import pytest
 import torch
 
 from sjc_core.cameras import intrinsics, look_at
-from sjc_core.contracts import BuildContext
 from sjc_core.render import render_view
 from sjc_plugins.fields._voxel_native import kernel_or_reason
 from sjc_plugins.fields.voxel import VoxelField, VoxelOptions

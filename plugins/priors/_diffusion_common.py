@@ -22,7 +22,7 @@ import logging
 import os
 import warnings
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -241,9 +241,29 @@ def square_size(sample_size: Any, what: str) -> int:
     return sample_size
 
 
-def batch_sigma(sigma: torch.Tensor | float, batch: int) -> torch.Tensor:
-    """sigma as float64 [batch] on the CPU: accepts a float, a 0-d tensor, [B] or [B, 1, 1, 1]."""
-    flat = torch.as_tensor(sigma, dtype=torch.float64).detach().cpu().reshape(-1)
+def ladder_dtype(device: torch.device | str) -> torch.dtype:
+    """float64 for noise levels and their arithmetic, except on devices without it (Apple's MPS)."""
+    return torch.float32 if torch.device(device).type == "mps" else torch.float64
+
+
+def batch_sigma(sigma: torch.Tensor | float, batch: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """sigma as [batch] on ``device`` (the images' device), in :func:`ladder_dtype` (float64).
+
+    Accepts a number, a 0-d tensor, [B] or [B, 1, 1, 1]. Never a host round trip: a tensor
+    already on ``device`` (the engine keeps sigma beside its render) stays there, one
+    elsewhere is copied over without blocking, a number is filled in on the device; sizes
+    come from shapes, not values. Snapping then runs on that device too.
+    """
+    device = torch.device(device)
+    dtype = ladder_dtype(device)
+    if not isinstance(sigma, torch.Tensor):
+        return torch.full((batch,), sigma, dtype=dtype, device=device)
+    flat = sigma.detach().reshape(-1)
+    if flat.device != device:
+        if dtype != torch.float64:
+            flat = flat.to(dtype)  # narrow where sigma is: the target may have no float64
+        flat = flat.to(device, non_blocking=device.type != "cpu")
+    flat = flat.to(dtype)
     if flat.numel() == 1:
         return flat.expand(batch).clone()
     if flat.numel() != batch:
@@ -255,11 +275,14 @@ def batch_sigma(sigma: torch.Tensor | float, batch: int) -> torch.Tensor:
 class VpLadder:
     """A VP model's noise levels in VE form, indexed by training timestep (ascending).
 
-    ``sigmas`` is float64: near t = 0, ``1 - alpha_bar`` is tiny and float32 loses digits.
+    ``sigmas`` is float64 on the CPU: near t = 0, ``1 - alpha_bar`` is tiny and float32 loses
+    digits. :meth:`on` keeps one copy per device (float64 where the device has it), so
+    snapping runs where sigma lives with no transfer after the first call.
     """
 
     sigmas: torch.Tensor
     prediction_type: str
+    _per_device: dict[torch.device, torch.Tensor] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @classmethod
     def from_scheduler(cls, scheduler: Any, model_ref: str) -> "VpLadder":
@@ -281,10 +304,26 @@ class VpLadder:
             raise SjcError(f"prior.model: the noise schedule of '{model_ref}' is unusable: {exc}") from None
         return cls(sigmas=sigmas, prediction_type=kind)
 
+    def on(self, device: torch.device | str) -> torch.Tensor:
+        """The ladder on ``device`` in :func:`ladder_dtype` (copied once, then cached)."""
+        device = torch.device(device)
+        if device.type == "cuda" and device.index is None:
+            device = torch.device("cuda", torch.cuda.current_device())
+        table = self._per_device.get(device)
+        if table is None:
+            table = self.sigmas.to(device=device, dtype=ladder_dtype(device))
+            self._per_device[device] = table
+        return table
+
     def snap(self, sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Nearest ladder tick of each sigma [B] (float64): (timesteps long [B], snapped sigmas float64 [B])."""
-        index = (sigma[:, None] - self.sigmas[None, :]).abs().argmin(dim=1)
-        return index, self.sigmas[index]
+        """Nearest ladder tick of each sigma [B], on sigma's device: (timesteps long [B], snapped sigmas [B]).
+
+        Runs entirely on sigma's device (argmin included), in float64 where the device has it,
+        so it gives the same ticks as on the CPU and never waits for the host.
+        """
+        table = self.on(sigma.device)
+        index = (sigma.to(table.dtype)[:, None] - table[None, :]).abs().argmin(dim=1)
+        return index, table[index]
 
     @staticmethod
     def network_input(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
@@ -299,7 +338,7 @@ class VpLadder:
         network input is a*x; v = a*eps - b*x0 gives eps = a*v + b*(a*x); an x0 prediction
         gives eps = (a*x - a*x0) / b. Then D = x - sigma * eps.
         """
-        s64 = sigma.to(torch.float64)
+        s64 = sigma.to(ladder_dtype(sigma.device))  # float64 except where the device lacks it
         a64 = 1.0 / torch.sqrt(1.0 + s64**2)
         shape = (-1, 1, 1, 1)
         s = s64.to(device=x.device, dtype=x.dtype).view(shape)

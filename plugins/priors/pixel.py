@@ -102,8 +102,9 @@ class PixelPrior:
 
     @torch.no_grad()
     def denoise(self, x: torch.Tensor, sigma: torch.Tensor | float, cond: Any = None) -> torch.Tensor:
+        """D(x; sigma) with every step on the device: no value of x or sigma visits the host."""
         batch = x.shape[0]
-        sigma64 = batch_sigma(sigma, batch) * self.scale  # in model units from here on
+        sigma64 = batch_sigma(sigma, batch, x.device) * self.scale  # in model units from here on
         x_model = x.float() * self.scale + self.offset
         dtype, device = self.unet.dtype, self.unet.device
         if self.ladder is None:

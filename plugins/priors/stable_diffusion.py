@@ -6,20 +6,38 @@ scheduler config are loaded one by one with ``from_pretrained`` (no safety check
 noise ladder comes from the scheduler's own ``alphas_cumprod``; epsilon, v and x0
 predictions are read from its ``prediction_type``. Classifier-free guidance runs the
 conditional and unconditional halves in one batched UNet call.
+
+Memory and speed. :func:`assemble_stable_diffusion` places the parts as the diffusers
+pipelines do on CUDA and keeps the accelerator for the UNet alone: the UNet in float16,
+``channels_last``, with PyTorch's SDPA attention; every prompt a run can ask for (the
+plain prompt, its four view variants, the negative prompt) is encoded once at build, after
+which the text encoder leaves the device; the float32 VAE visits the device only while
+``to_rgb`` decodes pictures. Recipe options add attention slicing, VAE tiling, a CPU
+offload for small cards (text encoder and VAE on the CPU) and ``torch.compile``.
+``denoise`` never waits for the host: sigma is snapped on the device.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from sjc_core.cameras import LABEL_PROMPTS
 from sjc_core.contracts import BuildContext, View
 from sjc_core.errors import SjcError
 from sjc_core.hookspecs import hookimpl
+from sjc_plugins.priors._sd_placement import (
+    Placement,
+    decoder_parts,
+    place,
+    plan_placement,
+    return_cached_memory,
+    set_attention_slicing,
+    use_sdpa_attention,
+)
 from sjc_plugins.priors._diffusion_common import (
     HubOptions,
     VpLadder,
@@ -33,6 +51,12 @@ from sjc_plugins.priors._diffusion_common import (
 
 DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 DECODE_CHUNK = 4  # latents decoded per VAE call; bounds the decoder's activation memory
+SLICING_CHOICES = (
+    "false, true or 'auto' (half the heads of each attention layer at a time), "
+    "'max' (one head at a time) or a positive number of heads per slice"
+)
+
+AttentionSlicing = bool | Literal["auto", "max"] | int
 
 
 class StableDiffusionOptions(HubOptions):
@@ -41,6 +65,37 @@ class StableDiffusionOptions(HubOptions):
     negative_prompt: str = Field("", description="prompt of the unconditional branch of guidance")
     guidance_scale: float = Field(100.0, ge=1.0, description="classifier-free guidance scale (1 = no guidance)")
     view_prompts: bool = Field(True, description="prefix the prompt with the camera's view ('front view of ...')")
+    attention_slicing: AttentionSlicing = Field(
+        False,
+        description=(
+            "sliced attention instead of SDPA, for GPUs without efficient SDPA kernels "
+            f"(slower; bounds attention memory): {SLICING_CHOICES}"
+        ),
+    )
+    vae_tiling: bool = Field(
+        False,
+        description="decode pictures tile by tile (vae.enable_tiling): bounded memory for pictures larger than a tile",
+    )
+    cpu_offload: bool = Field(
+        False, description="for small GPUs: only the UNet on the GPU; the text encoder and the VAE run on the CPU"
+    )
+    compile: bool = Field(False, description="torch.compile the UNet: a warm-up of minutes, then faster steps")
+
+    @field_validator("attention_slicing", mode="before")
+    @classmethod
+    def _slicing_choice(cls, value: Any) -> Any:
+        """One error line for any bad value (a plain union would report one per member)."""
+        if isinstance(value, str):
+            text = value.strip().lower()
+            if text in ("true", "false"):  # as typed on the command line (--set)
+                return text == "true"
+            if text in ("auto", "max"):
+                return text
+            if text.isdigit():
+                value = int(text)
+        if isinstance(value, bool) or (isinstance(value, int) and value >= 1):
+            return value
+        raise ValueError(f"expected {SLICING_CHOICES}")
 
 
 @dataclass(frozen=True)
@@ -53,7 +108,11 @@ class TextCondition:
 
 
 class StableDiffusionPrior:
-    """D(x; sigma) over SD latents [B, 4, 64, 64] (``resolution`` is the UNet's sample size)."""
+    """D(x; sigma) over SD latents [B, 4, 64, 64] (``resolution`` is the UNet's sample size).
+
+    Build it with :func:`assemble_stable_diffusion` (or the registry), which places the parts
+    and encodes every prompt; constructed directly, everything stays where it is.
+    """
 
     value_range = None
 
@@ -65,21 +124,28 @@ class StableDiffusionPrior:
         tokenizer: Any,
         ladder: VpLadder,
         options: StableDiffusionOptions,
+        placement: Placement | None = None,
     ) -> None:
         self.unet, self.vae, self.text_encoder, self.tokenizer = unet, vae, text_encoder, tokenizer
         self.ladder = ladder
         self.options = options
+        if placement is None:  # as given: every part stays where it is
+            here, home = torch.device(unet.device), torch.device(vae.device)
+            text = torch.device(text_encoder.device)
+            placement = Placement(here, unet.dtype, torch.contiguous_format, text, text_encoder.dtype, text, home, home)
+        self.placement = placement
         self.channels = int(unet.config.in_channels)
         self.resolution = square_size(unet.config.sample_size, "UNet")
         self.sigmas = ladder.sigmas.to(torch.float32)
         self.prediction_type = ladder.prediction_type
         self.guidance_scale = float(options.guidance_scale)
+        self.text_encoder_released = False
         self._cache: dict[str | None, TextCondition] = {}
         self._uncond: torch.Tensor | None = None
 
     @property
     def device(self) -> torch.device:
-        return self.unet.device
+        return self.placement.device
 
     def prompt_for(self, label: str | None) -> str:
         """'front view of <prompt>' and so on, or the plain prompt for unlabelled views."""
@@ -90,9 +156,13 @@ class StableDiffusionPrior:
             raise ValueError(f"unknown view label {label!r} (known: {', '.join(LABEL_PROMPTS)})")
         return f"{prefix} {self.options.prompt}"
 
+    def condition_keys(self) -> tuple[str | None, ...]:
+        """Every key :meth:`condition` can be asked for: None (unlabelled) and, with view prompts, each label."""
+        return (None, *LABEL_PROMPTS) if self.options.view_prompts else (None,)
+
     @torch.no_grad()
     def encode_text(self, text: str) -> torch.Tensor:
-        """CLIP's last hidden state for one prompt, padded to the tokenizer's length: [1, L, D]."""
+        """CLIP's last hidden state for one prompt, padded to the tokenizer's length: [1, L, D] on the UNet's device."""
         tokens = self.tokenizer(
             [text],
             padding="max_length",
@@ -101,30 +171,55 @@ class StableDiffusionPrior:
             return_tensors="pt",
         )
         ids = tokens.input_ids.to(self.text_encoder.device)
-        return self.text_encoder(ids)[0].to(self.unet.dtype)
+        return self.text_encoder(ids)[0].to(device=self.placement.device, dtype=self.placement.dtype)
 
-    def condition(self, view: View | None) -> TextCondition:
-        label = view.label if view is not None else None
-        key = label if self.options.view_prompts else None
-        if key not in self._cache:
+    def encode_prompts(self) -> None:
+        """Encode every prompt the run can ask for (each view's and the negative one), one by one, once."""
+        for key in self.condition_keys():
+            self._encode(key)
+
+    def release_text_encoder(self) -> None:
+        """Encode every prompt, then move the text encoder to its resting place (the CPU).
+
+        Afterwards :meth:`condition` serves every label from the cache and the text encoder
+        holds no accelerator memory. A no-op move when it already runs on the CPU.
+        """
+        self.encode_prompts()
+        if self.placement.text_device != self.placement.text_home:
+            self.text_encoder.to(self.placement.text_home)
+            return_cached_memory(self.placement.text_device)
+        self.text_encoder_released = True
+
+    def _encode(self, key: str | None) -> TextCondition:
+        cached = self._cache.get(key)
+        if cached is None:
             prompt = self.prompt_for(key)
             uncond = None
             if self.guidance_scale != 1.0:
                 if self._uncond is None:
                     self._uncond = self.encode_text(self.options.negative_prompt)
                 uncond = self._uncond
-            self._cache[key] = TextCondition(prompt, self.encode_text(prompt), uncond)
-        return self._cache[key]
+            cached = self._cache[key] = TextCondition(prompt, self.encode_text(prompt), uncond)
+        return cached
+
+    def condition(self, view: View | None) -> TextCondition:
+        label = view.label if view is not None else None
+        return self._encode(label if self.options.view_prompts else None)
 
     @torch.no_grad()
     def denoise(self, x: torch.Tensor, sigma: torch.Tensor | float, cond: TextCondition | None) -> torch.Tensor:
-        """Snap sigma to the ladder, run the (guided) UNet once, return D in x's dtype."""
+        """Snap sigma to the ladder, run the (guided) UNet once, return D in x's dtype.
+
+        Every step runs on the device, snapping included: nothing here reads a value back
+        to the host, so a training step is never stalled by it.
+        """
         cond = cond if cond is not None else self.condition(None)
+        device, dtype = self.placement.device, self.placement.dtype
         batch = x.shape[0]
-        timesteps, snapped = self.ladder.snap(batch_sigma(sigma, batch))
+        timesteps, snapped = self.ladder.snap(batch_sigma(sigma, batch, x.device))
         x32 = x.float()
-        x_in = VpLadder.network_input(x32, snapped).to(self.unet.dtype)
-        t = timesteps.to(self.unet.device)
+        x_in = VpLadder.network_input(x32, snapped).to(device=device, dtype=dtype)
+        t = timesteps.to(device)
         text = cond.embedding.expand(batch, -1, -1)
         if cond.uncond is None:
             prediction = self.unet(x_in, t, encoder_hidden_states=text).sample.float()
@@ -136,19 +231,83 @@ class StableDiffusionPrior:
             ).sample.float()
             uncond, conditional = both.chunk(2)
             prediction = uncond + self.guidance_scale * (conditional - uncond)
-        return self.ladder.denoised(x32, snapped, prediction).to(x.dtype)
+        return self.ladder.denoised(x32, snapped, prediction.to(x32.device)).to(x.dtype)
 
     @torch.no_grad()
     def to_rgb(self, x: torch.Tensor) -> torch.Tensor:
-        """Decode latents [B, 4, h, w] through the VAE to pictures in [0, 1], [B, 3, 8h, 8w]."""
+        """Decode latents [B, 4, h, w] through the VAE to pictures in [0, 1], [B, 3, 8h, 8w].
+
+        The VAE's decoder visits ``placement.decode_device`` for the call and goes back to
+        ``placement.vae_home`` afterwards (also on errors); latents go in chunks of
+        ``DECODE_CHUNK``, tile by tile with ``vae_tiling``.
+        """
         config = self.vae.config
         shift = getattr(config, "shift_factor", None) or 0.0
+        where, home = self.placement.decode_device, self.placement.vae_home
+        parts = decoder_parts(self.vae) if where != home else []
         pictures = []
-        for chunk in x.split(DECODE_CHUNK):
-            latents = chunk.to(device=self.vae.device, dtype=self.vae.dtype) / config.scaling_factor + shift
-            decoded = self.vae.decode(latents).sample.float()
-            pictures.append(((decoded + 1) / 2).clamp(0, 1))
+        try:
+            for part in parts:
+                part.to(where)
+            for chunk in x.split(DECODE_CHUNK):
+                latents = chunk.to(device=where, dtype=self.vae.dtype) / config.scaling_factor + shift
+                decoded = self.vae.decode(latents).sample.float()
+                pictures.append(((decoded + 1) / 2).clamp(0, 1))
+        finally:
+            for part in parts:
+                part.to(home)
         return torch.cat(pictures).to(x.device)
+
+
+def assemble_stable_diffusion(
+    unet: Any,
+    vae: Any,
+    text_encoder: Any,
+    tokenizer: Any,
+    scheduler: Any,
+    options: StableDiffusionOptions,
+    device: torch.device | str,
+) -> StableDiffusionPrior:
+    """Place loaded (or freshly built) SD parts for scoring on ``device`` and wrap them as a prior.
+
+    The UNet goes to ``device`` in ``options.dtype`` (auto: float16 on CUDA), channels_last on
+    CUDA, SDPA attention, then the memory options (``attention_slicing``, ``vae_tiling``) and
+    ``compile``; the VAE goes to the CPU in float32 and visits ``device`` only to decode
+    (``cpu_offload``: never); the text encoder encodes every prompt on ``device`` (CPU with
+    ``cpu_offload``) and then moves to the CPU. Every part ends in eval mode without grads.
+    ``scheduler`` gives the noise ladder and the prediction type.
+    """
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    ladder = VpLadder.from_scheduler(scheduler, options.model)
+    if text_encoder.config.hidden_size != unet.config.cross_attention_dim:
+        raise SjcError(
+            f"prior.model: text encoder width {text_encoder.config.hidden_size} does not match the UNet's "
+            f"cross_attention_dim {unet.config.cross_attention_dim} in '{options.model}'"
+        )
+    plan = plan_placement(options, device)
+
+    place(unet, plan.device, plan.dtype)
+    if plan.memory_format is not torch.contiguous_format:
+        unet.to(memory_format=plan.memory_format)
+    unet.eval().requires_grad_(False)
+    use_sdpa_attention(unet)
+    set_attention_slicing(unet, options.attention_slicing)
+    if options.compile:
+        unet.compile()  # in place: the module keeps its type, attributes and config
+
+    # The VAE stays in float32: SD's VAE overflows in float16 on some images, and it only
+    # runs for pictures, never in the scoring loop.
+    place(vae, plan.vae_home, torch.float32).eval().requires_grad_(False)
+    if options.vae_tiling:
+        vae.enable_tiling()
+    place(text_encoder, plan.text_device, plan.text_dtype).eval().requires_grad_(False)
+
+    prior = StableDiffusionPrior(unet, vae, text_encoder, tokenizer, ladder, options, placement=plan)
+    prior.release_text_encoder()  # encodes the prompts first
+    ladder.on(plan.device)  # the ladder's device copy, made now rather than in the first step
+    return prior
 
 
 def build_stable_diffusion(options: StableDiffusionOptions, ctx: BuildContext) -> StableDiffusionPrior:
@@ -159,21 +318,12 @@ def build_stable_diffusion(options: StableDiffusionOptions, ctx: BuildContext) -
     device = torch.device(ctx.device)
     dtype = resolve_dtype(options.dtype, device)
     scheduler = load_scheduler(source, "scheduler")
-    ladder = VpLadder.from_scheduler(scheduler, source.ref)
+    VpLadder.from_scheduler(scheduler, source.ref)  # an unusable schedule fails before gigabytes load
     unet = load_pretrained(UNet2DConditionModel, source, "unet", "UNet", torch_dtype=dtype)
-    # The VAE stays in float32: SD's VAE overflows in float16 on some images, and it only
-    # runs for pictures, never in the scoring loop.
     vae = load_pretrained(AutoencoderKL, source, "vae", "VAE", torch_dtype=torch.float32)
     text_encoder = load_pretrained(CLIPTextModel, source, "text_encoder", "text encoder", dtype=dtype)
     tokenizer = load_pretrained(CLIPTokenizer, source, "tokenizer", "tokenizer", weights=False)
-    if text_encoder.config.hidden_size != unet.config.cross_attention_dim:
-        raise SjcError(
-            f"prior.model: text encoder width {text_encoder.config.hidden_size} does not match the UNet's "
-            f"cross_attention_dim {unet.config.cross_attention_dim} in '{source.ref}'"
-        )
-    for module in (unet, vae, text_encoder):
-        module.to(device).eval().requires_grad_(False)
-    return StableDiffusionPrior(unet, vae, text_encoder, tokenizer, ladder, options)
+    return assemble_stable_diffusion(unet, vae, text_encoder, tokenizer, scheduler, options, device)
 
 
 @hookimpl
