@@ -180,7 +180,7 @@ def run(
             terms = result.terms
             bar.update(step, _status_text(result, parts.prior))
             if wants_view:
-                picture = view_picture(parts.prior, result.scored, result.render.depth)
+                picture = view_picture(parts.prior, result.scored, result.depth)
                 artifacts.write_image(folder.views / f"step_{step:06d}.png", picture)
             if wants_checkpoint:
                 if not parameters_finite(parts.field):  # never keep a bad state as "the last good one"

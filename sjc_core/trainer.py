@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from sjc_core.cameras import TrainView, intrinsics, sample_train_view
-from sjc_core.contracts import BuildContext, Loss, Prior, RenderOutput, View
+from sjc_core.contracts import BuildContext, Loss, Prior, View
 from sjc_core.optim import Adamax
 from sjc_core.paas import default_sigma_range, paas_gradient, sigma_schedule
 from sjc_core.recipe import Recipe
@@ -68,7 +68,8 @@ def camera_plan(recipe: Recipe, prior: Prior) -> CameraPlan:
 class StepResult:
     """One step's outcome. ``values`` stays on the device (loss terms in ``names`` order,
     then the PAAS gradient's norm and the sum of all parameter gradients, the NaN probe);
-    :meth:`Trainer.fetch` reads a batch of them back with one copy and fills ``terms``."""
+    :meth:`Trainer.fetch` reads a batch of them back with one copy and fills ``terms``.
+    It holds no render graph: a run keeps up to ``log_every`` of them."""
 
     step: int
     sigma: float
@@ -76,8 +77,8 @@ class StepResult:
     names: tuple[str, ...]
     values: torch.Tensor
     seconds: dict[str, float]
-    render: RenderOutput
-    scored: torch.Tensor
+    depth: torch.Tensor  # the render's depth map [H, W], detached (pictures)
+    scored: torch.Tensor  # the picture the prior scored [1, C, h, w], detached
     terms: dict[str, float] = field(default_factory=dict)
 
 
@@ -191,7 +192,7 @@ class Trainer:
             "optimizer": done - after_backward,
         }
         names = (*terms, PAAS_TERM)
-        return StepResult(self.step, sigma, view.label, names, values, seconds, render, scored.detach())
+        return StepResult(self.step, sigma, view.label, names, values, seconds, render.depth.detach(), scored.detach())
 
     @staticmethod
     def fetch(results: list[StepResult]) -> None:

@@ -108,3 +108,31 @@ def test_the_case_has_sub_threshold_samples():
     out = _render(make_field("generic"))
     w = out.weights.detach()
     assert 0 < int((w > 1e-4).sum()) < int((w > 0).sum())
+
+
+def _tensors_in(value) -> int:
+    if torch.is_tensor(value):
+        return 1
+    if isinstance(value, dict):
+        return sum(_tensors_in(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return sum(_tensors_in(v) for v in value)
+    return sum(_tensors_in(v) for v in vars(value).values()) if hasattr(value, "__dataclass_fields__") else 0
+
+
+@pytest.mark.parametrize("layout", ["compact", "dense"])
+def test_torch_node_frees_its_tensors_after_the_backward(layout, monkeypatch):
+    """A run keeps several steps' outputs until it reads them back: their render nodes must
+    not hold the samples' corners or features once the backward has run."""
+    if layout == "dense":
+        monkeypatch.setattr("sjc_core.render.compact_samples", lambda device: False)
+    field = make_field("torch")
+    out = _render(field)
+    node = out.weights.grad_fn
+    while node is not None and "TorchVoxelRender" not in type(node).__name__:
+        node = node.next_functions[0][0] if node.next_functions else None
+    assert node is not None
+    assert _tensors_in(vars(node)) == 0  # every tensor is a saved tensor, none a plain attribute
+    (out.image.sum() + out.weights.sum()).backward()
+    with pytest.raises(RuntimeError):
+        node.saved_tensors  # freed by autograd

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from sjc_core.render import SampleBundle, weights_backward, weights_forward
 from sjc_plugins.fields.shading import activate, activation_slope
-from sjc_plugins.fields.trilinear import gather_corners, scatter_corners, take_rows, trilinear_corners
+from sjc_plugins.fields.trilinear import Corners, gather_corners, scatter_corners, take_rows, trilinear_corners
 
 
 def torch_plan(field: Any, bundle: SampleBundle, org: torch.Tensor, direction: torch.Tensor) -> dict[str, Any]:
@@ -91,10 +91,14 @@ class TorchVoxelRender(torch.autograd.Function):
         else:
             w_kept = w.view(-1).index_select(0, kept)
             rgb = feats.new_zeros(n, channels).index_add_(0, kept // k, feats * w_kept[:, None])
-        plan.pop("row_pointer", None)  # forward only: not kept alive until the backward
-        ctx.save_for_backward(raw, z, w, inclusive, feats, scale)
-        ctx.kept, ctx.f_corners, ctx.f_mask = kept, f_corners, f_mask
-        ctx.plan = plan
+        # Every tensor the backward reads goes through save_for_backward, so autograd frees
+        # it after the (last) backward even while the outputs live on; ctx keeps scalars only.
+        ctx.save_for_backward(
+            raw, z, w, inclusive, feats, scale, inbox, positions, kept, f_mask,
+            corners.base, corners.wzy, corners.wx, f_corners.base, f_corners.wzy, f_corners.wx,
+        )
+        ctx.consts = {key: plan[key] for key in ("n", "k", "step", "activation")}
+        ctx.size_xyz = corners.size_xyz
         ctx.shapes = (density.shape, features.shape)
         ctx.set_materialize_grads(False)
         return rgb, w
@@ -103,8 +107,10 @@ class TorchVoxelRender(torch.autograd.Function):
     def backward(  # type: ignore[override]
         ctx: Any, grad_rgb: torch.Tensor | None, grad_w: torch.Tensor | None
     ) -> tuple[Any, ...]:
-        raw, z, w, inclusive, feats, scale = ctx.saved_tensors
-        plan, kept = ctx.plan, ctx.kept
+        raw, z, w, inclusive, feats, scale, inbox, positions, kept, f_mask, *corner_parts = ctx.saved_tensors
+        corners = Corners(*corner_parts[:3], ctx.size_xyz)
+        f_corners = Corners(*corner_parts[3:], ctx.size_xyz)
+        plan = ctx.consts
         n, k = plan["n"], plan["k"]
         channels = feats.shape[-1]
         gw = torch.zeros_like(w) if grad_w is None else grad_w.reshape(n, k).clone(memory_format=torch.contiguous_format)
@@ -115,13 +121,12 @@ class TorchVoxelRender(torch.autograd.Function):
             else:
                 gw.view(-1).index_add_(0, kept, (feats * take_rows(g_rgb.contiguous(), kept // k)).sum(dim=1))
         dsigma = weights_backward(gw, w, inclusive, plan["step"])
-        graw = dsigma * torch.sigmoid(z) * plan["inbox"] * scale
+        graw = dsigma * torch.sigmoid(z) * inbox * scale
         grad_scale = (graw * raw).sum() if ctx.needs_input_grad[2] else None
         grad_density = grad_features = None
         if ctx.needs_input_grad[0]:
-            positions = plan.get("positions")
             per_sample = graw.reshape(-1) if positions is None else graw.reshape(-1).index_select(0, positions)
-            grad_density = scatter_corners(plan["corners"], per_sample[:, None], ctx.shapes[0].numel()).reshape(ctx.shapes[0])
+            grad_density = scatter_corners(corners, per_sample[:, None], ctx.shapes[0].numel()).reshape(ctx.shapes[0])
         if ctx.needs_input_grad[1]:
             if grad_rgb is None:
                 grad_features = torch.zeros(ctx.shapes[1], dtype=feats.dtype, device=feats.device)
@@ -131,11 +136,11 @@ class TorchVoxelRender(torch.autograd.Function):
                     dfeat = (w[:, :, None] * g_rgb[:, None, :]).reshape(n * k, channels)
                 else:
                     dfeat = w.view(-1).index_select(0, kept)[:, None] * take_rows(g_rgb.contiguous(), kept // k)
-                if ctx.f_mask is not None:
-                    dfeat.mul_(ctx.f_mask)
+                if f_mask is not None:
+                    dfeat.mul_(f_mask)
                 slope = activation_slope(feats, plan["activation"])
                 if slope is not None:
                     dfeat.mul_(slope)
-                table = scatter_corners(ctx.f_corners, dfeat, ctx.shapes[1][:-1].numel())
+                table = scatter_corners(f_corners, dfeat, ctx.shapes[1][:-1].numel())
                 grad_features = table.reshape(ctx.shapes[1])
         return grad_density, grad_features, grad_scale, None
