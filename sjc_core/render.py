@@ -416,8 +416,8 @@ def render_view(
     once it is composited, so a large render holds one chunk's worth, not N * k floats;
     ``weights`` is then an empty [N, 0] tensor and ``sample_count`` still counts N * k.
 
-    Rays and the box test run on the field's device; each chunk's k (a shape) comes from
-    the same computation on the host, so nothing waits for the device.
+    Rays and the box test run on the field's device; off the CPU each chunk's k (a shape)
+    comes from the same computation on the host, so nothing waits for the device.
     """
     aabb = field.aabb
     device = aabb.device
@@ -427,7 +427,10 @@ def render_view(
     ro, rd = camera_rays(K, c2w, height, width, subpixel, device=device, keep_float64=True)
     t_min, t_max = box_intersect(ro, rd, aabb)
     ro, rd = ro.to(torch.float32), rd.to(torch.float32)
-    spans = host_spans(K, c2w, height, width, subpixel, host_aabb(field))
+    if compact_samples(device):  # the rays are host data already: read their spans
+        spans = (t_max - t_min).numpy()
+    else:  # the same geometry on the host, so that nothing waits for the device
+        spans = host_spans(K, c2w, height, width, subpixel, host_aabb(field))
     total = ro.shape[0]
     step = float(field.step_size)
     pixels = np.arange(total)
