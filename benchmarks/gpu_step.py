@@ -3,7 +3,7 @@
 The step is the project's own: the recipe is loaded through the plugin registry, the voxel
 field and the emptiness / centre-depth losses come from their registry factories (as
 ``build_components`` builds them), the prior is the stable-diffusion plugin's
-:class:`StableDiffusionPrior` (through ``assemble_stable_diffusion`` when that exists), and
+:class:`StableDiffusionPrior` (placed by ``assemble_stable_diffusion``), and
 the step is ``Trainer.create(recipe, parts).train_step()``: render 64x64 latents from the
 100^3 grid, one guided UNet call of batch 2 (guidance 100), PAAS gradient, emptiness and
 centre-depth losses, one backward, one Adamax step.
@@ -19,8 +19,7 @@ Figures (one JSON object on stdout; progress on stderr):
 
 * ``phase_ms``: median over the timed steps of the trainer's own render / prior / backward /
   optimizer split, with the device synchronised before each timestamp on CUDA
-  (``Trainer.synchronize``; where the trainer does not know that attribute yet, its module's
-  ``perf_counter`` is wrapped to synchronise first, and ``phase_sync`` says which);
+  (``Trainer.synchronize``);
 * ``steps_per_s``: a second pass of the same number of steps with NO synchronisation between
   phases and one at the end, i.e. what a run sees; ``minutes_10k`` projects it to 10k steps;
 * ``peak_memory``: ``torch.cuda.max_memory_allocated`` over the timed passes on CUDA; on CPU
@@ -211,25 +210,11 @@ def build_modules(tiny: bool, device: torch.device, seed: int = 0) -> dict[str, 
 
 
 def make_prior(modules: dict[str, Any], options: Any, device: torch.device) -> tuple[Any, str]:
-    """The plugin's prior around the given modules: assemble_stable_diffusion when it exists."""
-    from sjc_plugins.priors import stable_diffusion as sd
-    from sjc_plugins.priors._diffusion_common import VpLadder, resolve_dtype
+    """The plugin's prior around the given modules, placed as a run places them."""
+    from sjc_plugins.priors.stable_diffusion import assemble_stable_diffusion
 
     args = (modules["unet"], modules["vae"], modules["text_encoder"], modules["tokenizer"], modules["scheduler"])
-    assemble = getattr(sd, "assemble_stable_diffusion", None)
-    if assemble is not None:
-        return assemble(*args, options, device), "assemble_stable_diffusion"
-    # Until assemble_stable_diffusion lands: what build_stable_diffusion does after loading.
-    dtype = resolve_dtype(options.dtype, device)
-    unet, vae, text_encoder, tokenizer, scheduler = args
-    unet.to(device=device, dtype=dtype)
-    text_encoder.to(device=device, dtype=dtype)
-    vae.to(device=device, dtype=torch.float32)
-    for module in (unet, vae, text_encoder):
-        module.eval().requires_grad_(False)
-    ladder = VpLadder.from_scheduler(scheduler, "random-weight SD-1.5 UNet")
-    prior = sd.StableDiffusionPrior(unet, vae, text_encoder, tokenizer, ladder, options)
-    return prior, "StableDiffusionPrior (fallback)"
+    return assemble_stable_diffusion(*args, options, device), "assemble_stable_diffusion"
 
 
 # --------------------------------------------------------------------------- devices
@@ -288,47 +273,6 @@ def peak_memory(device: torch.device) -> dict[str, Any]:
 # --------------------------------------------------------------------------- timing
 
 
-def trainer_knows_synchronize(trainer_cls: type) -> bool:
-    fields = getattr(trainer_cls, "__dataclass_fields__", {})
-    if "synchronize" in fields or hasattr(trainer_cls, "synchronize"):
-        return True
-    import inspect
-
-    try:
-        return "synchronize" in inspect.getsource(trainer_cls.train_step)
-    except (OSError, TypeError):
-        return False
-
-
-@contextlib.contextmanager
-def synchronising_clock(step_fn: Any, sync: Callable[[], None]):  # type: ignore[no-untyped-def]
-    """Make ``time.perf_counter`` as seen by ``step_fn``'s module synchronise the device first."""
-    module_globals = getattr(step_fn, "__globals__", {})
-    original = module_globals.get("time")
-    if original is None:
-        yield False
-        return
-
-    class _Clock:
-        def __getattr__(self, name: str) -> Any:
-            return getattr(original, name)
-
-        @staticmethod
-        def perf_counter() -> float:
-            sync()
-            return original.perf_counter()
-
-    module_globals["time"] = _Clock()
-    try:
-        yield True
-    finally:
-        module_globals["time"] = original
-
-
-def patch_wanted(phase_sync: str) -> bool:
-    return phase_sync.startswith("wrapped")
-
-
 def time_steps(stepper: Any, steps: int, warmup: int, device: torch.device, what: str) -> dict[str, Any]:
     """Warm up, then a phase pass (synchronised per phase) and a throughput pass (one final sync)."""
     sync = synchronizer(device)
@@ -340,29 +284,20 @@ def time_steps(stepper: Any, steps: int, warmup: int, device: torch.device, what
         log(f"{what}: warm-up step {index + 1}/{warmup} {1000 * (time.perf_counter() - started):.1f} ms")
     reset_peak(device)
 
-    phase_sync = "not needed (cpu)"
-    patch: Any = contextlib.nullcontext(False)
+    phase_sync = "Trainer.synchronize" if cuda else "not needed (cpu)"
     if cuda:
-        if isinstance(stepper, ReferenceStep) or trainer_knows_synchronize(type(stepper)):
-            phase_sync = "Trainer.synchronize" if not isinstance(stepper, ReferenceStep) else "synchronize"
-        else:
-            phase_sync = "wrapped perf_counter (Trainer has no synchronize yet)"
-            patch = synchronising_clock(type(stepper).train_step, sync)
         stepper.synchronize = sync
     phases: dict[str, list[float]] = {}
     walls: list[float] = []
-    with patch as patched:
-        if patch_wanted(phase_sync) and not patched:
-            phase_sync = "none: the trainer's clock could not be wrapped (unsynchronised host timestamps)"
-        for _ in range(steps):
-            sync()
-            started = time.perf_counter()
-            result = stepper.train_step()
-            sync()
-            walls.append(time.perf_counter() - started)
-            for name, seconds in result.seconds.items():
-                phases.setdefault(name, []).append(seconds)
-            del result
+    for _ in range(steps):
+        sync()
+        started = time.perf_counter()
+        result = stepper.train_step()
+        sync()
+        walls.append(time.perf_counter() - started)
+        for name, seconds in result.seconds.items():
+            phases.setdefault(name, []).append(seconds)
+        del result
     stepper.synchronize = None
 
     sync()
