@@ -10,17 +10,45 @@ Every user has a torch fallback, so a missing compiler costs speed only.
 Environment: ``SJC_NATIVE=0`` disables all native code; ``SJC_CACHE_DIR`` (default
 ``$XDG_CACHE_HOME/sjc`` or ``~/.cache/sjc``) holds the built libraries; ``CC`` picks the
 compiler.
+
+Trust rules (a library runs code in this process the moment it is loaded, so the cache only
+ever loads what this user's sjc built, from folders only this user can write):
+
+- sjc creates the cache folders 0700 whatever the umask. Before any load the cache root and
+  ``kernels/`` must be owned by the current user and not writable by group or others (as ssh
+  checks ``~/.ssh``); otherwise native code is off, with one line on stderr saying how to fix
+  it. Folders above the cache root are trusted, as a user's home is.
+- Each library ``<name>_<key>.so`` has a record ``<name>_<key>.so.sha256`` (``sha256sum``
+  format) that sjc writes, atomically, when it builds the library. A library is loaded only
+  if it is a regular file (not a symlink), owned by the user, not group/other-writable, not
+  empty, its record passes the same checks, and the sha256 of its bytes matches the record.
+  The record catches files sjc did not write there (planted before the folder was private,
+  truncated, corrupted); the folder checks are what keep other users out.
+- Anything that fails a check is never loaded: it is removed and rebuilt once into a fresh
+  file; a library that does not load or lacks an expected function is treated the same way.
+  If the rebuild fails too, that library falls back to torch for this process only (one line
+  on stderr): the next process tries again, so no bad file turns native code off for good.
+- No check-to-use window: the bytes that were hashed (or just compiled) are the bytes that
+  are loaded. They are copied into a private anonymous file (Linux ``memfd_create``) and
+  loaded from there, so nothing on disk is opened twice; elsewhere they go to a fresh private
+  file in the checked 0700 folder that is loaded and unlinked at once.
 """
 
 from __future__ import annotations
 
 import ctypes
+import errno
 import hashlib
 import os
+import re
+import secrets
+import shlex
 import shutil
+import stat
 import subprocess
 import sys
 import tempfile
+import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -29,9 +57,24 @@ from pathlib import Path
 # compiler turn branches on floats into selects (vectorisation); it changes no value.
 FLAGS = ("-O3", "-std=c99", "-shared", "-fPIC", "-fno-math-errno", "-fno-trapping-math", "-ffp-contract=off")
 
+HASH_SUFFIX = ".sha256"  # the record next to each library: "<sha256 hex>  <file name>\n"
+_OPEN_FILE = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+_CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+_OPEN_DIR = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0)
+
 
 class NativeUnavailable(RuntimeError):
-    """A library could not be built or loaded (the reason is the message)."""
+    """A library could not be built or loaded (the reason is the message). ``warn``: the
+    reason is worth a line on stderr (an unsafe cache, a bad library that could not be
+    replaced), not an ordinary absence such as no compiler."""
+
+    def __init__(self, reason: str, *, warn: bool = False) -> None:
+        super().__init__(reason)
+        self.warn = warn
+
+
+class _Rejected(Exception):
+    """A cached file failed a check or did not load: never (again) used, rebuilt instead."""
 
 
 def cache_dir() -> Path:
@@ -54,6 +97,21 @@ def compiler() -> str | None:
     return None
 
 
+def _file_name(name: str, source: str, cc: str) -> str:
+    key = hashlib.sha1("\0".join([source, cc, *FLAGS, sys.platform, os.uname().machine]).encode()).hexdigest()[:16]
+    return f"{name}_{key}.so"
+
+
+def library_path(name: str, source: str) -> Path:
+    """Where the library built from ``source`` is cached (with the current compiler)."""
+    if sys.platform == "win32":
+        raise NativeUnavailable("native code is not built on Windows")
+    cc = compiler()
+    if cc is None:
+        raise NativeUnavailable("no C compiler found (set CC)")
+    return cache_dir() / "kernels" / _file_name(name, source, cc)
+
+
 def build_library(name: str, source: str, signatures: dict[str, tuple[object, Sequence[object]]]) -> ctypes.CDLL:
     """Build ``source`` once per source/compiler/platform, load it and declare ``signatures``
     (function name -> (restype, argtypes)). Raises :class:`NativeUnavailable`."""
@@ -62,65 +120,312 @@ def build_library(name: str, source: str, signatures: dict[str, tuple[object, Se
     cc = compiler()
     if cc is None:
         raise NativeUnavailable("no C compiler found (set CC)")
-    key = hashlib.sha1("\0".join([source, cc, *FLAGS, sys.platform, os.uname().machine]).encode()).hexdigest()[:16]
     folder = cache_dir() / "kernels"
-    library = folder / f"{name}_{key}.so"
-    if not library.exists():
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-            with tempfile.TemporaryDirectory(dir=folder) as tmp:
-                src = Path(tmp) / f"{name}.c"
-                src.write_text(source)
-                built = Path(tmp) / f"{name}.so"
-                proc = subprocess.run(
-                    [cc, *FLAGS, str(src), "-o", str(built), "-lm"], capture_output=True, text=True, timeout=120
-                )
-                if proc.returncode != 0:
-                    first = (proc.stderr.strip().splitlines() or ["unknown error"])[0]
-                    raise NativeUnavailable(f"{cc} failed: {first}")
-                os.replace(built, library)  # atomic: concurrent builders agree
-        except OSError as exc:
-            raise NativeUnavailable(f"cannot build in {folder}: {exc}") from exc
-        _remove_older_builds(folder, name, keep=library)
+    filename = _file_name(name, source, cc)
+    dir_fd = _open_private_folder(folder)
     try:
-        lib = ctypes.CDLL(str(library))
+        bad = ""
+        try:
+            cached = _read_verified(dir_fd, filename)
+            if cached is not None:
+                return _load(*cached, filename, dir_fd, folder, signatures)
+        except _Rejected as exc:
+            bad = f"{folder / filename} {exc}"
+            _discard(dir_fd, filename)
+        try:
+            data = _compile(cc, name, source, folder)
+        except NativeUnavailable as exc:
+            raise NativeUnavailable(f"{bad}; rebuilding it: {exc}" if bad else str(exc), warn=exc.warn or bool(bad)) from None
+        digest = hashlib.sha256(data).hexdigest()
+        _store(dir_fd, filename, data, digest)
+        _remove_older_builds(dir_fd, name, keep=filename)
+        try:
+            return _load(data, digest, filename, dir_fd, folder, signatures)
+        except _Rejected as exc:  # freshly built and still unusable: this process uses torch
+            raise NativeUnavailable(f"{folder / filename} (just built) {exc}", warn=True) from None
+    finally:
+        os.close(dir_fd)
+
+
+def _open_private_folder(folder: Path) -> int:
+    """Create ``folder`` (and its missing parents) 0700, check it and the cache root (see the
+    module docstring) and return an open descriptor of ``folder``: every later file operation
+    is relative to it, so renaming a folder afterwards cannot redirect them."""
+    try:
+        _make_private_dirs(folder)
+        root_fd = os.open(folder.parent, _OPEN_DIR)
     except OSError as exc:
-        raise NativeUnavailable(f"cannot load {library}: {exc}") from exc
-    for function, (restype, argtypes) in signatures.items():
-        symbol = getattr(lib, function)
-        symbol.restype = restype
-        symbol.argtypes = list(argtypes)
-    return lib
+        raise NativeUnavailable(f"cannot create {folder}: {exc.strerror or exc}") from None
+    try:
+        _check_folder(root_fd, folder.parent)
+        try:
+            fd = os.open(folder.name, _OPEN_DIR, dir_fd=root_fd)
+        except OSError as exc:
+            raise NativeUnavailable(f"cannot open {folder}: {exc.strerror or exc}") from None
+    finally:
+        os.close(root_fd)
+    try:
+        _check_folder(fd, folder)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
-def _remove_older_builds(folder: Path, name: str, keep: Path) -> None:
+def _make_private_dirs(folder: Path) -> None:
+    missing = []
+    path = folder
+    while not os.path.lexists(path) and path.parent != path:
+        missing.append(path)
+        path = path.parent
+    for path in reversed(missing):
+        try:
+            os.mkdir(path, 0o700)
+        except FileExistsError:  # made meanwhile (another sjc process): checked like any other
+            continue
+        os.chmod(path, 0o700)  # the umask may have taken bits of 0700 too
+
+
+def _check_folder(fd: int, path: Path) -> None:
+    st = os.fstat(fd)
+    if not stat.S_ISDIR(st.st_mode):
+        raise NativeUnavailable(f"{path} is not a folder (remove it)", warn=True)
+    if st.st_uid != os.geteuid():
+        raise NativeUnavailable(
+            f"{path} is owned by uid {st.st_uid}, not by you (uid {os.geteuid()}); "
+            "remove it or set SJC_CACHE_DIR to a folder of your own",
+            warn=True,
+        )
+    if st.st_mode & 0o022:
+        who = {0o020: "group", 0o002: "others", 0o022: "group and others"}[st.st_mode & 0o022]
+        raise NativeUnavailable(f"{path} is writable by {who} (chmod 700 {shlex.quote(str(path))})", warn=True)
+
+
+def _read_own_file(name: str, dir_fd: int | None, limit: int | None = None) -> bytes | None:
+    """The bytes of a regular file owned by this user and writable by nobody else, read
+    through one descriptor; None when absent. Raises _Rejected."""
+    try:
+        fd = os.open(name, _OPEN_FILE, dir_fd=dir_fd)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.EMLINK):
+            raise _Rejected("is a symbolic link") from None
+        raise _Rejected(f"cannot be opened ({exc.strerror})") from None
+    with os.fdopen(fd, "rb") as file:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise _Rejected("is not a regular file")
+        if st.st_uid != os.geteuid():
+            raise _Rejected(f"is owned by uid {st.st_uid}, not by you")
+        if st.st_mode & 0o022:
+            raise _Rejected("is writable by others than you")
+        return file.read(limit) if limit else file.read()
+
+
+def _read_verified(dir_fd: int, filename: str) -> tuple[bytes, str] | None:
+    """The cached library's bytes and sha256 once they pass every check; None when there is
+    none. Raises _Rejected."""
+    data = _read_own_file(filename, dir_fd)
+    if data is None:
+        return None
+    if not data:
+        raise _Rejected("is empty")
+    try:
+        record = _read_own_file(filename + HASH_SUFFIX, dir_fd, limit=4096)
+    except _Rejected as exc:
+        raise _Rejected(f"has an untrusted hash record: {filename}{HASH_SUFFIX} {exc}") from None
+    if record is None:
+        raise _Rejected("has no hash record (sjc did not build it)")
+    digest = hashlib.sha256(data).hexdigest()
+    if record.split()[:1] != [digest.encode()]:
+        raise _Rejected("does not match its recorded sha256")
+    return data, digest
+
+
+def _compile(cc: str, name: str, source: str, folder: Path) -> bytes:
+    """Compile ``source`` in a private temporary folder and return the library's bytes.
+    Relative file names keep the output free of the temporary path, so concurrent builders
+    write the same bytes."""
+    try:
+        with tempfile.TemporaryDirectory(dir=folder, prefix=".build-") as tmp:
+            Path(tmp, f"{name}.c").write_text(source, encoding="utf-8")
+            try:
+                proc = subprocess.run(
+                    [cc, *FLAGS, f"{name}.c", "-o", f"{name}.so", "-lm"],
+                    cwd=tmp, umask=0o077, capture_output=True, text=True, timeout=120, check=False,
+                )
+            except subprocess.TimeoutExpired:
+                raise NativeUnavailable(f"{cc} timed out") from None
+            if proc.returncode != 0:
+                first = (proc.stderr.strip().splitlines() or ["unknown error"])[0]
+                raise NativeUnavailable(f"{cc} failed: {first}")
+            try:
+                data = _read_own_file(str(Path(tmp, f"{name}.so")), None)
+            except _Rejected as exc:
+                raise NativeUnavailable(f"{cc} output {exc}", warn=True) from None
+            if not data:
+                raise NativeUnavailable(f"{cc} wrote no library", warn=True)
+            return data
+    except OSError as exc:
+        raise NativeUnavailable(f"cannot build in {folder}: {exc.strerror or exc}") from None
+
+
+def _write_atomic(dir_fd: int, name: str, data: bytes, mode: int) -> None:
+    tmp = f".tmp-{secrets.token_hex(8)}"
+    fd = os.open(tmp, _CREATE, mode, dir_fd=dir_fd)
+    try:
+        with os.fdopen(fd, "wb") as file:
+            os.fchmod(fd, mode)
+            file.write(data)
+        os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+    except BaseException:
+        try:
+            os.unlink(tmp, dir_fd=dir_fd)
+        except OSError:
+            pass
+        raise
+
+
+def _store(dir_fd: int, filename: str, data: bytes, digest: str) -> None:
+    """Cache a fresh build and its hash record, each replaced atomically (a reader may pair
+    an old library with a new record: it then rebuilds). Best effort: the process loads the
+    bytes it holds either way."""
+    record = f"{digest}  {filename}\n".encode()
+    try:
+        _write_atomic(dir_fd, filename, data, 0o700)
+        _write_atomic(dir_fd, filename + HASH_SUFFIX, record, 0o600)
+    except OSError:
+        _discard(dir_fd, filename)
+
+
+def _discard(dir_fd: int, filename: str) -> None:
+    for entry in (filename, filename + HASH_SUFFIX):
+        try:
+            os.unlink(entry, dir_fd=dir_fd)
+        except OSError:
+            pass
+
+
+def _remove_older_builds(dir_fd: int, name: str, keep: str) -> None:
     """Drop this library's builds from earlier sources (a process that still has one loaded
     keeps its mapping); best effort, a file in use elsewhere or gone already is fine."""
-    for stale in folder.glob(f"{name}_*.so"):
-        if stale != keep:
+    pattern = re.compile(rf"{re.escape(name)}_[0-9a-f]{{16}}\.so(?:{re.escape(HASH_SUFFIX)})?")
+    try:
+        entries = os.listdir(dir_fd)
+    except OSError:
+        return
+    for entry in entries:
+        if pattern.fullmatch(entry) and entry not in (keep, keep + HASH_SUFFIX):
             try:
-                stale.unlink()
+                os.unlink(entry, dir_fd=dir_fd)
             except OSError:
                 pass
 
 
+# Libraries loaded in this process by content hash: the same bytes are loaded once.
+_BY_HASH: dict[str, ctypes.CDLL] = {}
+# The memfds libraries were loaded from stay open: glibc's dlopen recognises a path it has
+# loaded before, so "/proc/self/fd/N" must never name another library later.
+_PINNED: list[int] = []
+
+
+def _load(data: bytes, digest: str, filename: str, dir_fd: int, folder: Path, signatures) -> ctypes.CDLL:
+    """Load these very bytes (never a path that could have changed since they were checked)
+    and declare ``signatures``. Raises _Rejected."""
+    lib = _BY_HASH.get(digest)
+    if lib is None:
+        lib = _load_bytes(data, filename, dir_fd, folder)
+    for function, (restype, argtypes) in signatures.items():
+        try:
+            symbol = getattr(lib, function)
+        except AttributeError:
+            raise _Rejected(f"lacks the function {function}") from None
+        symbol.restype = restype
+        symbol.argtypes = list(argtypes)
+    _BY_HASH[digest] = lib
+    return lib
+
+
+def _load_bytes(data: bytes, filename: str, dir_fd: int, folder: Path) -> ctypes.CDLL:
+    if hasattr(os, "memfd_create") and os.path.isdir("/proc/self/fd"):
+        try:
+            fd = os.memfd_create(f"sjc:{filename}", os.MFD_CLOEXEC | getattr(os, "MFD_ALLOW_SEALING", 0))
+        except OSError:
+            pass
+        else:
+            try:
+                _write_all(fd, data)
+                _seal(fd)
+                lib = ctypes.CDLL(f"/proc/self/fd/{fd}")
+            except OSError:  # e.g. memfds not executable here: the private file below
+                os.close(fd)
+            else:
+                _PINNED.append(fd)
+                return lib
+    # A fresh, unguessable file in the checked folder, loaded and unlinked at once.
+    tmp = f".load-{secrets.token_hex(8)}.so"
+    try:
+        fd = os.open(tmp, _CREATE, 0o700, dir_fd=dir_fd)
+        try:
+            _write_all(fd, data)
+        finally:
+            os.close(fd)
+        return ctypes.CDLL(str(folder / tmp))
+    except OSError as exc:
+        first = (str(exc).strip().splitlines() or ["unknown error"])[0]
+        raise _Rejected(f"cannot be loaded ({first})") from None
+    finally:
+        try:
+            os.unlink(tmp, dir_fd=dir_fd)
+        except OSError:
+            pass
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def _seal(fd: int) -> None:
+    try:
+        import fcntl
+
+        seals = fcntl.F_SEAL_SEAL | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE
+        fcntl.fcntl(fd, fcntl.F_ADD_SEALS, seals)
+    except (ImportError, AttributeError, OSError):
+        pass
+
+
 # One build attempt per process and (library, source), success or failure.
 _LOADED: dict[tuple[str, str], tuple[ctypes.CDLL | None, str]] = {}
+_WARNED: set[str] = set()
+_LOCK = threading.Lock()
+if hasattr(os, "register_at_fork"):  # a child forked mid-build must not inherit a held lock
+    os.register_at_fork(after_in_child=lambda: globals().update(_LOCK=threading.Lock()))
 
 
 def library_or_reason(
     name: str, source: str, signatures: dict[str, tuple[object, Sequence[object]]]
 ) -> tuple[ctypes.CDLL | None, str]:
-    """The loaded library, or None and why not (``SJC_NATIVE=0``, no compiler, a failed build)."""
+    """The loaded library, or None and why not (``SJC_NATIVE=0``, no compiler, a failed build,
+    an unsafe cache). Reasons that need the user's attention also go to stderr, one line each
+    per process."""
     if disabled():
         return None, "disabled by SJC_NATIVE=0"
     key = (name, source)
-    if key not in _LOADED:
-        try:
-            _LOADED[key] = build_library(name, source, signatures), ""
-        except NativeUnavailable as exc:
-            _LOADED[key] = None, str(exc)
-    return _LOADED[key]
+    with _LOCK:
+        if key not in _LOADED:
+            try:
+                _LOADED[key] = build_library(name, source, signatures), ""
+            except NativeUnavailable as exc:
+                reason = " ".join(str(exc).split("\n"))
+                _LOADED[key] = None, reason
+                if exc.warn and reason not in _WARNED:
+                    _WARNED.add(reason)
+                    print(f"sjc: native code off: {reason}", file=sys.stderr, flush=True)
+        return _LOADED[key]
 
 
 def run_calls(calls: Sequence[Callable[[], object]], workers: int) -> None:
