@@ -1,16 +1,29 @@
 """Files a run writes: pictures, videos, JSON lines, and atomic replacement of anything.
 
 Every write goes to a temporary file in the same folder and is renamed into place, so an
-interrupted run never leaves a half-written checkpoint or image behind.
+interrupted run never leaves a half-written checkpoint or image behind. Temporary files are
+named ``.sjc-tmp.*`` so that those a killed process leaves behind can be recognised and
+removed (:func:`remove_stale_temps`, called once a folder's lock is taken).
+
+A write that fails (full disk, no permission, a file where a folder should be) raises
+:class:`WriteError`, a one-line :class:`~sjc_core.errors.SjcError` naming the file and the
+cause; the file it would have replaced is left as it was.
+
+:func:`folder_lock` is the one lock per output folder (``fcntl.flock`` on ``.sjc.lock``
+inside it): the kernel drops it when the process ends, however it ends, so a killed run
+never leaves a stale lock.
 """
 
 from __future__ import annotations
 
+import errno
 import functools
 import json
 import os
+import shutil
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,6 +31,42 @@ from typing import Any, Iterator
 
 import numpy as np
 import torch
+
+from sjc_core.errors import SjcError
+
+try:  # POSIX; elsewhere folders are not locked
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None  # type: ignore[assignment]
+
+TEMP_PREFIX = ".sjc-tmp."  # every temporary file of an atomic write starts with this
+LOCK_NAME = ".sjc.lock"  # the lock file inside a locked folder
+
+# errno values that mean "the disk or the folder refuses": no fallback can help
+DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM}
+
+
+class WriteError(SjcError):
+    """Writing ``path`` failed; one line naming the file and the cause."""
+
+    def __init__(self, path: Path, cause: BaseException) -> None:
+        self.path = Path(path)
+        self.errno = getattr(cause, "errno", None)
+        super().__init__(f"{path}: cannot write ({os_cause(cause)})")
+
+
+def os_cause(exc: BaseException) -> str:
+    """The readable cause of an OSError ('No space left on device'), else its text."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc) or type(exc).__name__
+
+
+def describe_os_error(exc: OSError) -> str:
+    """One line for any OSError: the file it names, then the cause."""
+    names = [str(n) for n in (exc.filename, exc.filename2) if n is not None]
+    where = " -> ".join(names)
+    return f"{where}: {os_cause(exc)}" if where else os_cause(exc)
 
 
 @functools.lru_cache(maxsize=1)
@@ -32,20 +81,31 @@ def _umask() -> int:
 def atomic_path(path: Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it onto ``path`` on success.
 
-    The result gets the permissions of a plainly created file (0666 less the umask), not
-    mkstemp's owner-only 0600, so run folders can be shared like any other output.
+    The temporary file has ``path``'s own name inside a private folder ``.sjc-tmp.*`` beside
+    it, so writers that make temporary files of their own next to their target (safetensors
+    does) make them in there too: a process killed mid-write leaves only ``.sjc-tmp.*``
+    behind, which :func:`remove_stale_temps` recognises. The result gets the permissions of
+    a plainly created file (0666 less the umask), not mkstemp's owner-only 0600, so run
+    folders can be shared like any other output.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp_name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
-    os.close(handle)
-    tmp = Path(tmp_name)
     try:
-        yield tmp
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except FileExistsError as exc:  # a file where a folder should be
+            raise NotADirectoryError(errno.ENOTDIR, f"Not a directory: {exc.filename} is a file") from None
+        tmp_dir = Path(tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}{path.stem}.", dir=path.parent))
+    except OSError as exc:
+        raise WriteError(path, exc) from None
+    tmp = tmp_dir / path.name
+    try:
+        try:
+            yield tmp
+            os.chmod(tmp, 0o666 & ~_umask())
+            os.replace(tmp, path)
+        except OSError as exc:
+            raise WriteError(path, exc) from None
     finally:
-        if tmp.exists():
-            tmp.unlink()
+        shutil.rmtree(tmp_dir, ignore_errors=True)
 
 
 def write_text(path: Path, text: str) -> Path:
@@ -55,9 +115,140 @@ def write_text(path: Path, text: str) -> Path:
 
 
 def append_jsonl(path: Path, record: dict[str, Any]) -> None:
-    """Append one JSON record (metrics are appended, never rewritten)."""
-    with path.open("a", encoding="utf-8") as handle:
-        handle.write(json.dumps(record) + "\n")
+    """Append one JSON record (metrics are appended, never rewritten).
+
+    A record that cannot be written whole (full disk) is cut off again, so the file keeps
+    only whole lines; the failure is a :class:`WriteError`.
+    """
+    line = memoryview((json.dumps(record) + "\n").encode("utf-8"))
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+    except OSError as exc:
+        raise WriteError(path, exc) from None
+    try:
+        size = os.fstat(fd).st_size
+        try:
+            while line:
+                line = line[os.write(fd, line):]
+        except OSError as exc:
+            try:
+                os.ftruncate(fd, size)
+            except OSError:
+                pass
+            raise WriteError(path, exc) from None
+    finally:
+        os.close(fd)
+
+
+def remove_stale_temps(root: Path) -> tuple[int, int]:
+    """Remove what atomic writes left under ``root`` when killed: (entries, bytes removed).
+
+    Call it only while holding ``root``'s lock: then no other sjc process is writing there,
+    and every ``.sjc-tmp.*`` entry was left by a process that died mid-write.
+    """
+    count = size = 0
+    for folder, dirnames, names in os.walk(root):
+        for name in [d for d in dirnames if d.startswith(TEMP_PREFIX)]:
+            dirnames.remove(name)  # not walked into: removed whole
+            stale = Path(folder) / name
+            size += sum(p.stat().st_size for p in stale.rglob("*") if p.is_file() and not p.is_symlink())
+            shutil.rmtree(stale, ignore_errors=True)
+            count += 1
+        for name in names:
+            if name.startswith(TEMP_PREFIX):  # a file: older versions wrote those
+                stale = Path(folder) / name
+                try:
+                    size += stale.lstat().st_size
+                    stale.unlink()
+                    count += 1
+                except OSError:
+                    pass
+    return count, size
+
+
+class FolderInUse(SjcError):
+    """Another process holds the folder's lock."""
+
+
+def lock_holder(root: Path) -> str | None:
+    """Who holds ``root``'s lock ('pid 123, sjc run'), or None when it is free; takes nothing.
+
+    Probes with a shared lock, so two probes never disturb each other.
+    """
+    if fcntl is None:
+        return None
+    try:
+        fd = os.open(root / LOCK_NAME, os.O_RDONLY)
+    except OSError:  # no lock file: never locked
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return _holder_text(fd)
+        except OSError:  # a filesystem without locks: nobody can hold one there
+            return None
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
+
+
+def _holder_text(fd: int) -> str:
+    try:
+        info = json.loads(os.pread(fd, 4096, 0).decode("utf-8"))
+        return f"pid {int(info['pid'])}, {info.get('command', 'sjc')}"
+    except (OSError, ValueError, KeyError, TypeError):
+        return "pid unknown"
+
+
+def in_use_error(root: Path, holder: str) -> FolderInUse:
+    return FolderInUse(f"{root}: in use by another sjc process ({holder}); wait for it to end, or stop it")
+
+
+@contextmanager
+def folder_lock(root: Path, command: str) -> Iterator[None]:
+    """Hold ``root``'s lock (``root/.sjc.lock``) for the block; :class:`FolderInUse` if taken.
+
+    ``root`` must exist. The lock file records the holder's pid and ``command`` for the
+    message another process shows. It is released when the block ends or the process dies.
+    """
+    if fcntl is None:  # pragma: no cover - Windows
+        yield
+        return
+    path = root / LOCK_NAME
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666 & ~_umask())
+    except OSError as exc:
+        raise WriteError(path, exc) from None
+    try:
+        deadline = time.monotonic() + 0.5  # another process's probe holds a shared lock for microseconds
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise in_use_error(root, _holder_text(fd)) from None
+                time.sleep(0.02)
+            except OSError:  # a filesystem without locks (some network mounts): go on unlocked
+                break
+    except BaseException:
+        os.close(fd)
+        raise
+    try:
+        try:  # who holds it, for the message another process shows (best effort)
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, json.dumps({"pid": os.getpid(), "command": command}).encode("utf-8"), 0)
+        except OSError:
+            pass
+        yield
+    finally:
+        try:
+            os.ftruncate(fd, 0)
+        except OSError:
+            pass
+        os.close(fd)  # releases the lock
 
 
 def to_uint8(image: torch.Tensor | np.ndarray) -> np.ndarray:
@@ -129,12 +320,24 @@ def write_video(path: Path, frames: Sequence[np.ndarray], fps: int = 20, warn: C
             finally:
                 writer.close()
         return path
+    except WriteError as exc:
+        if exc.errno in DISK_ERRNOS:  # a full disk or a refusing folder: a GIF cannot help
+            raise
+        return _gif_instead(path, frames, fps, warn, exc)
     except Exception as exc:  # ffmpeg missing or broken: keep the run's result anyway
-        gif = path.with_suffix(".gif")
-        (warn or _stderr)(f"could not write {path.name} with ffmpeg ({type(exc).__name__}); wrote {gif.name} instead")
-        with atomic_path(gif) as tmp:
-            imageio.mimsave(tmp, frames, format="GIF", duration=1.0 / fps, loop=0)
-        return gif
+        return _gif_instead(path, frames, fps, warn, exc)
+
+
+def _gif_instead(
+    path: Path, frames: Sequence[np.ndarray], fps: int, warn: Callable[[str], None] | None, exc: Exception
+) -> Path:
+    import imageio.v2 as imageio
+
+    gif = path.with_suffix(".gif")
+    with atomic_path(gif) as tmp:
+        imageio.mimsave(tmp, frames, format="GIF", duration=1.0 / fps, loop=0)
+    (warn or _stderr)(f"could not write {path.name} with ffmpeg ({type(exc).__name__}); wrote {gif.name} instead")
+    return gif
 
 
 def _even(frame: np.ndarray) -> np.ndarray:

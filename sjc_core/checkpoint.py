@@ -2,12 +2,16 @@
 
 Tensors go in the file; everything that is not a tensor (step, optimizer hyper-parameters,
 numpy generator state) goes in its string metadata as JSON, so a checkpoint is one file
-that either exists whole or not at all.
+that either exists whole or not at all. A checkpoint that cannot be read, has damaged
+metadata or does not fit the field it is loaded into (another grid size, another field) is
+a one-line :class:`SjcError` naming the file and the mismatch.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -58,35 +62,134 @@ def save_checkpoint(
     if torch_rng is not None:
         tensors["rng.torch"] = torch_rng.get_state()
     with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata=meta)
+        try:
+            save_file(tensors, str(tmp), metadata=meta)
+        except SafetensorError as exc:  # its I/O errors ("... (os error 28)") become OSErrors
+            code = re.search(r"os error (\d+)", str(exc))
+            if code is None:
+                raise
+            raise OSError(int(code.group(1)), os.strerror(int(code.group(1)))) from None
     return path
+
+
+def _read_header(path: Path) -> dict[str, str]:
+    with open(path, "rb") as handle:
+        header_len = int.from_bytes(handle.read(8), "little")
+        if not 0 < header_len <= 100_000_000:
+            raise ValueError(f"header length {header_len}")
+        meta = json.loads(handle.read(header_len)).get("__metadata__") or {}
+    if not isinstance(meta, dict):
+        raise ValueError("metadata is not a table")
+    return meta
+
+
+def read_checkpoint_step(path: Path) -> int | None:
+    """The step a checkpoint holds (header only, cheap), or None when it is missing or unreadable."""
+    try:
+        return int(_read_header(path)["step"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def load_checkpoint(path: Path) -> Snapshot:
     """Read a checkpoint; a damaged or foreign file is a one-line SjcError."""
     try:
         tensors = load_file(str(path))
-        with open(path, "rb") as handle:
-            header_len = int.from_bytes(handle.read(8), "little")
-            meta = json.loads(handle.read(header_len)).get("__metadata__", {})
+        meta = _read_header(path)
     except (OSError, SafetensorError, ValueError) as exc:
         raise SjcError(f"{path}: not a readable checkpoint ({exc})") from None
     if "step" not in meta:
         raise SjcError(f"{path}: not an sjc checkpoint (no step recorded)")
-    field_state = {k[len(FIELD_PREFIX):]: v for k, v in tensors.items() if k.startswith(FIELD_PREFIX)}
-    optimizer_state = None
-    if "optim_groups" in meta:
-        slots: dict[int, dict[str, torch.Tensor]] = {}
-        for key, value in tensors.items():
-            if key.startswith(OPTIM_PREFIX):
-                index, slot = key[len(OPTIM_PREFIX):].split(".", 1)
-                slots.setdefault(int(index), {})[slot] = value
-        optimizer_state = {"state": slots, "param_groups": json.loads(meta["optim_groups"])}
+    key = "step"
+    try:
+        step = int(meta["step"])
+        if step < 0:
+            raise ValueError(f"negative step {step}")
+        field_state = {k[len(FIELD_PREFIX):]: v for k, v in tensors.items() if k.startswith(FIELD_PREFIX)}
+        optimizer_state = None
+        if "optim_groups" in meta:
+            key = "optim_groups"
+            slots: dict[int, dict[str, torch.Tensor]] = {}
+            for name, value in tensors.items():
+                if name.startswith(OPTIM_PREFIX):
+                    index, slot = name[len(OPTIM_PREFIX):].split(".", 1)
+                    slots.setdefault(int(index), {})[slot] = value
+            groups = json.loads(meta["optim_groups"])
+            if not isinstance(groups, list) or not all(isinstance(g, dict) for g in groups):
+                raise ValueError("expected a list of parameter groups")
+            optimizer_state = {"state": slots, "param_groups": groups}
+        key = "numpy_rng"
+        numpy_state = json.loads(meta["numpy_rng"]) if "numpy_rng" in meta else None
+        if numpy_state is not None and not isinstance(numpy_state, dict):
+            raise ValueError("expected a table")
+        key = "extra"
+        extra = json.loads(meta.get("extra", "{}"))
+        if not isinstance(extra, dict):
+            raise ValueError("expected a table")
+    except (ValueError, TypeError) as exc:
+        raise SjcError(f"{path}: damaged checkpoint metadata ({key}: {exc})") from None
     return Snapshot(
-        step=int(meta["step"]),
+        step=step,
         field_state=field_state,
         optimizer_state=optimizer_state,
-        numpy_state=json.loads(meta["numpy_rng"]) if "numpy_rng" in meta else None,
+        numpy_state=numpy_state,
         torch_state=tensors.get("rng.torch"),
-        extra=json.loads(meta.get("extra", "{}")),
+        extra=extra,
     )
+
+
+def _shape(shape: torch.Size) -> str:
+    return "[" + ", ".join(str(n) for n in shape) + "]"
+
+
+def load_field_state(path: Path, field: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Load a checkpoint's field state into ``field``, or one line naming the mismatch.
+
+    Names and shapes are compared first (a run whose ``field.grid_size`` or field plugin
+    changed since the checkpoint was written does not fit it).
+    """
+    wanted = field.state_dict()
+    problems = []
+    missing = [k for k in wanted if k not in state]
+    unexpected = [k for k in state if k not in wanted]
+    if missing:
+        problems.append(f"missing {', '.join(missing[:3])}" + (" ..." if len(missing) > 3 else ""))
+    if unexpected:
+        problems.append(f"unexpected {', '.join(unexpected[:3])}" + (" ..." if len(unexpected) > 3 else ""))
+    for key, value in wanted.items():
+        if key in state and tuple(state[key].shape) != tuple(value.shape):
+            problems.append(f"{key} is {_shape(state[key].shape)} in the checkpoint but {_shape(value.shape)} in this field")
+    if problems:
+        raise SjcError(
+            f"{path}: does not fit this run's field ({'; '.join(problems[:3])}); "
+            "was the field (e.g. field.grid_size) changed since it was written?"
+        )
+    try:
+        field.load_state_dict(state)
+    except (RuntimeError, ValueError, TypeError) as exc:
+        raise SjcError(f"{path}: does not fit this run's field ({str(exc).strip().splitlines()[-1].strip()})") from None
+
+
+def restore_state(
+    path: Path,
+    snapshot: Snapshot,
+    field: torch.nn.Module,
+    optimizer: torch.optim.Optimizer | None = None,
+    numpy_rng: np.random.Generator | None = None,
+    torch_rng: torch.Generator | None = None,
+) -> None:
+    """Everything :func:`save_checkpoint` wrote back into place; a mismatch is one line."""
+    load_field_state(path, field, snapshot.field_state)
+    part = "optimizer state"
+    try:
+        if optimizer is not None and snapshot.optimizer_state is not None:
+            optimizer.load_state_dict(snapshot.optimizer_state)
+        part = "camera random state"
+        if numpy_rng is not None and snapshot.numpy_state is not None:
+            numpy_rng.bit_generator.state = snapshot.numpy_state
+        part = "noise random state"
+        if torch_rng is not None and snapshot.torch_state is not None:
+            torch_rng.set_state(snapshot.torch_state)
+    except (RuntimeError, ValueError, TypeError, KeyError, IndexError) as exc:
+        detail = str(exc).strip().splitlines()[-1].strip() if str(exc).strip() else type(exc).__name__
+        raise SjcError(f"{path}: its {part} does not fit this run ({detail})") from None

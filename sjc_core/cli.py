@@ -1,7 +1,8 @@
 """The ``sjc`` command line: core commands plus commands contributed by plugins.
 
 Every :class:`~sjc_core.errors.SjcError` becomes one line per problem on stderr and exit
-code 2, never a traceback.
+code 2, never a traceback; so does any OSError a command lets through (a full disk, no
+permission, a file where a folder should be): the file it names, then the cause.
 """
 
 from __future__ import annotations
@@ -49,6 +50,11 @@ def main() -> None:
     except SjcError as exc:
         for line in exc.problems or [str(exc)]:
             print(f"error: {line}", file=sys.stderr)
+        sys.exit(2)
+    except OSError as exc:
+        from sjc_core.artifacts import describe_os_error
+
+        print(f"error: {describe_os_error(exc)}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -13,26 +13,31 @@ and re-exports their public names, so ``from sjc_core.engine import X`` keeps wo
 from __future__ import annotations
 
 import json
+import os
+import shlex
 import signal
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
 from sjc_core import artifacts, toml_out
-from sjc_core.checkpoint import load_checkpoint
+from sjc_core.checkpoint import load_checkpoint, load_field_state, read_checkpoint_step
 from sjc_core.contracts import Prior
 from sjc_core.devices import resolve_device
 from sjc_core.errors import SjcError
 from sjc_core.progress import Progress
 from sjc_core.recipe import Recipe
 from sjc_core.run_folder import (
+    FolderState,
     RunFolder,
-    _check_folder,
     _log_step,
     _restore,
     _save,
+    check_run_folder,
     default_run_dir,
     read_status,
     write_status,
@@ -67,6 +72,7 @@ __all__ = [
     "read_status",
     "render_turntable",
     "run",
+    "using_run",
     "view_picture",
     "write_status",
 ]
@@ -84,7 +90,11 @@ class LoadedRun:
 
 
 def load_run(run_dir: Path, registry: Any) -> LoadedRun:
-    """Rebuild a run's prior and field from its folder and load its last checkpoint."""
+    """Rebuild a run's prior and field from its folder and load its last checkpoint.
+
+    A checkpoint that cannot be read or does not fit the recipe's field is one line naming
+    it and the mismatch. Callers that write into the folder hold it with :func:`using_run`.
+    """
     from sjc_core.recipe import load_recipe
 
     folder = RunFolder(Path(run_dir))
@@ -93,10 +103,37 @@ def load_run(run_dir: Path, registry: Any) -> LoadedRun:
     if not folder.checkpoint.exists():
         raise SjcError(f"{run_dir}: no checkpoint yet ({folder.checkpoint} is missing)")
     recipe = load_recipe(folder.recipe, registry, base_dir=folder.base_dir())
+    snapshot = load_checkpoint(folder.checkpoint)  # a damaged file is reported before any model is built
     parts = build_components(recipe, resolve_device(recipe.settings.device))
-    snapshot = load_checkpoint(folder.checkpoint)
-    parts.field.load_state_dict(snapshot.field_state)
+    load_field_state(folder.checkpoint, parts.field, snapshot.field_state)
     return LoadedRun(folder, recipe, parts, snapshot.step, camera_plan(recipe, parts.prior))
+
+
+@contextmanager
+def using_run(run_dir: Path, command: str, stream: TextIO | None = None) -> Iterator[RunFolder]:
+    """Hold a run folder's lock while ``command`` (``sjc render``, ``sjc export-mesh``) uses it.
+
+    Refuses a folder that is not a run, and one another process holds (a run still
+    training), with one line naming the folder and that process's pid. In a folder this
+    process may not write to, it only checks that nobody holds the lock.
+    """
+    folder = RunFolder(Path(run_dir))
+    if not folder.root.is_dir() or not folder.recipe.exists():
+        raise SjcError(f"{run_dir}: not a run folder (no recipe.toml)")
+    if not folder.is_run():  # a recipe.toml of the user's own: take no lock among their files
+        raise SjcError(f"{run_dir}: not a run folder (no status.json, source.json or checkpoint of sjc run)")
+    with ExitStack() as stack:
+        try:
+            stack.enter_context(artifacts.folder_lock(folder.root, command))
+            locked = True
+        except artifacts.WriteError:  # a read-only folder: nobody can be training there, but check
+            holder = artifacts.lock_holder(folder.root)
+            if holder is not None:
+                raise artifacts.in_use_error(folder.root, holder) from None
+            locked = False
+        if locked:
+            _remove_stale_temps(folder.root, stream or sys.stderr)
+        yield folder
 
 
 class _StopFlag:
@@ -127,39 +164,87 @@ def run(
     resume: bool = False,
     stream: TextIO | None = None,
     parts: Components | None = None,
+    resume_hint: str | None = None,
 ) -> RunSummary:
-    """Train a recipe into its run folder (or continue it with ``resume``)."""
+    """Train a recipe into its run folder (or continue it with ``resume``).
+
+    ``resume_hint`` is the command that continues this run (``sjc run`` passes the one the
+    user typed, plus ``--resume``); messages that say how to continue print it. The folder
+    is locked for the whole run; see :func:`~sjc_core.run_folder.check_run_folder` for
+    which folders are refused. Any failure to write is one line (an ``SjcError``).
+    """
     stream = stream or sys.stderr
     settings = recipe.settings
     folder = RunFolder(Path(run_dir) if run_dir else default_run_dir(recipe))
-    _check_folder(folder, resume)
-    device = resolve_device(settings.device)
-    # Build plugins before touching the folder: a missing model leaves nothing behind.
-    parts = parts or build_components(recipe, device)
-    trainer = Trainer.create(recipe, parts)
+    hint = resume_hint or f"sjc run RECIPE --run-dir {shlex.quote(str(folder.root))} --resume"
+    try:
+        check_run_folder(folder, resume, hint)  # refuse at once, before any model is built
+        device = resolve_device(settings.device)
+        # Build plugins before touching the folder: a missing model leaves nothing behind.
+        parts = parts or build_components(recipe, device)
+        trainer = Trainer.create(recipe, parts)
+        try:
+            folder.root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise SjcError(f"{folder.root}: cannot create the run folder ({artifacts.os_cause(exc)})") from None
+        with artifacts.folder_lock(folder.root, "sjc run"):
+            _remove_stale_temps(folder.root, stream)
+            found = check_run_folder(folder, resume, hint, locked=True)  # nobody can change it now
+            return _train(trainer, folder, found, stream, hint)
+    except OSError as exc:  # anything not written through artifacts (reading, mkdir...)
+        raise SjcError(artifacts.describe_os_error(exc)) from None
 
-    folder.root.mkdir(parents=True, exist_ok=True)
-    if resume and folder.checkpoint.exists():
-        _restore(trainer, folder)
+
+def _train(trainer: Trainer, folder: RunFolder, found: FolderState, stream: TextIO, hint: str) -> RunSummary:
+    """The run itself, in a folder this process holds."""
+    recipe, parts = trainer.recipe, trainer.parts
+    settings = recipe.settings
+    previous = found.last_step
+    if found.resume_from_checkpoint:
+        if found.crashed:
+            print(
+                f"{folder.root}: the run crashed at step {previous}; continuing from its last checkpoint "
+                f"(step {found.checkpoint_step})",
+                file=stream,
+            )
+        _restore(trainer, folder, note=lambda line: print(line, file=stream))
         print(f"resuming {folder.root} at step {trainer.step}/{settings.steps}", file=stream)
     else:
-        artifacts.write_text(folder.recipe, toml_out.dumps(recipe.resolved()))
+        if found.crashed:
+            print(f"{folder.root}: the run crashed at step {previous}, before its first checkpoint; starting it again",
+                  file=stream)
+        # source.json first: it marks the folder as a run's (see RunFolder.is_run)
         artifacts.write_text(folder.source, json.dumps({"base_dir": str(recipe.base_dir)}) + "\n")
+        artifacts.write_text(folder.recipe, toml_out.dumps(recipe.resolved()))
         if folder.metrics.exists():
             folder.metrics.unlink()
-    if trainer.step >= settings.steps and read_status(folder).get("state") == "finished":
+    if trainer.step >= settings.steps and found.status.get("state") == "finished":
         print(f"{folder.root} is already finished ({settings.steps} steps)", file=stream)
         return RunSummary(folder.root, "finished", trainer.step, 0.0, {})
+
+    kept: int | None = trainer.step if found.resume_from_checkpoint else None  # the checkpoint on disk
+
+    def status(state: str, **extra: Any) -> None:
+        write_status(folder, state=state, step=trainer.step, steps=settings.steps, checkpoint_step=kept, **extra)
 
     started = time.perf_counter()
     stop = _StopFlag()
     previous_handler = signal.signal(signal.SIGINT, stop) if _main_thread() else None
     bar = Progress(settings.steps, start=trainer.step, stream=stream)
+    bar_open = [True]
+
+    def close_bar() -> None:  # once: on a terminal each close ends the progress line
+        if bar_open[0]:
+            bar_open[0] = False
+            bar.close()
+
     terms: dict[str, float] = {}
     state = "finished"
     pending: list[StepResult] = []
+    running = False
     try:
-        write_status(folder, state="running", step=trainer.step, steps=settings.steps)
+        status("running", pid=os.getpid())
+        running = True
         while trainer.step < settings.steps:
             pending.append(trainer.train_step())
             step = trainer.step
@@ -186,36 +271,68 @@ def run(
                 if not parameters_finite(parts.field):  # never keep a bad state as "the last good one"
                     _stop_on_nan(folder, step, settings.steps, FloatingPointError(f"the field's parameters became NaN or Inf by step {step}"))
                 _save(trainer, folder)
+                kept = trainer.step
+            status("running", pid=os.getpid())  # cheap, and what a crash leaves behind
             if stop.raised:
                 state = "interrupted"
                 break
+        close_bar()
+
+        wall = time.perf_counter() - started
+        if state == "interrupted":
+            _save(trainer, folder)
+            kept = trainer.step
+            status("interrupted")
+            print(f"interrupted at step {trainer.step}; checkpoint written. Continue with: {hint}", file=stream)
+            return RunSummary(folder.root, state, trainer.step, wall, terms)
+
+        outputs = _finish(trainer, folder, stream)
+        status("finished", final_terms=terms, wall_seconds=wall, outputs=outputs)
+        return RunSummary(folder.root, "finished", trainer.step, wall, terms, outputs)
+    except KeyboardInterrupt:  # Ctrl-C twice: stop now, without a checkpoint
+        close_bar()
+        kept = read_checkpoint_step(folder.checkpoint)
+        stopped_at = trainer.step
+        trainer_step_kept = kept if kept is not None else 0
+        try:
+            write_status(folder, state="interrupted", step=trainer_step_kept, steps=settings.steps,
+                         checkpoint_step=kept, stopped_at=stopped_at)
+        except SjcError:
+            pass
+        what = f"the last checkpoint (step {kept}) is kept" if kept is not None else "no checkpoint was written yet"
+        print(f"stopped at once at step {stopped_at} (Ctrl-C twice), without a checkpoint; {what}. "
+              f"Continue with: {hint}", file=stream)
+        return RunSummary(folder.root, "interrupted", trainer_step_kept, time.perf_counter() - started, terms)
+    except (artifacts.WriteError, OSError) as exc:  # a full disk, no permission...
+        close_bar()
+        message = str(exc) if isinstance(exc, SjcError) else artifacts.describe_os_error(exc)
+        kept = read_checkpoint_step(folder.checkpoint)
+        if running:
+            try:
+                status("failed", error=message)
+            except SjcError:
+                pass
+        what = f"the last checkpoint (step {kept}) is kept" if kept is not None else "no checkpoint was written"
+        raise SjcError(f"{message}; the run stopped at step {trainer.step}, {what}; once that is fixed, "
+                       f"continue with: {hint}") from None
     finally:
-        bar.close()
+        close_bar()
         if previous_handler is not None:
             signal.signal(signal.SIGINT, previous_handler)
 
-    wall = time.perf_counter() - started
-    if state == "interrupted":
-        _save(trainer, folder)
-        write_status(folder, state="interrupted", step=trainer.step, steps=settings.steps)
-        print(
-            f"interrupted at step {trainer.step}; checkpoint written. Continue with: sjc run RECIPE --resume",
-            file=stream,
-        )
-        return RunSummary(folder.root, state, trainer.step, wall, terms)
 
-    outputs = _finish(trainer, folder, stream)
-    write_status(
-        folder, state="finished", step=trainer.step, steps=settings.steps, final_terms=terms, wall_seconds=wall, outputs=outputs
-    )
-    return RunSummary(folder.root, "finished", trainer.step, wall, terms, outputs)
+def _remove_stale_temps(root: Path, stream: TextIO) -> None:
+    count, size = artifacts.remove_stale_temps(root)
+    if count:
+        print(f"sjc: note: removed {count} temporary file{'s' if count > 1 else ''} ({size / 1e6:.1f} MB) "
+              f"left in {root} by a process that was killed", file=stream)
 
 
 def _stop_on_nan(folder: RunFolder, step: int, steps: int, exc: FloatingPointError) -> None:
     """Mark the run failed and stop it with one line that says what is kept."""
-    kept = load_checkpoint(folder.checkpoint).step if folder.checkpoint.exists() else None
+    kept = read_checkpoint_step(folder.checkpoint)
     keep_note = f"the last good checkpoint (step {kept}) is kept" if kept is not None else "no checkpoint was written yet"
-    write_status(folder, state="failed", step=step, steps=steps, error=str(exc))
+    write_status(folder, state="failed", step=step, steps=steps, checkpoint_step=kept, error=str(exc))
     raise SjcError(f"run stopped: {exc}; {keep_note} in {folder.checkpoint.parent}") from None
 
 

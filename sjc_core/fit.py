@@ -220,16 +220,83 @@ def training_rays(data: PosedImages, aabb: torch.Tensor, near: float, device: to
     return RayTable(*(t.to(device) for t in (ro, rd, t_min, t_max, targets)))
 
 
+FIT_FILES = ("metrics.json", "field.safetensors", "train_log.jsonl", "turntable.mp4", "turntable.gif")
+HELDOUT = "heldout"
+
+
+def _holds_fit(out_dir: Path) -> bool:
+    return any((out_dir / name).exists() for name in FIT_FILES[:3])
+
+
+def check_fit_folder(out_dir: Path, overwrite: bool, locked: bool = False) -> None:
+    """May ``sjc fit`` write into ``out_dir``? The same rules as ``sjc run``'s folders.
+
+    A new or empty folder is fine; a folder holding an earlier fit only with ``overwrite``;
+    any other folder, a file, or a folder another process holds is refused (one line).
+    """
+    from sjc_core.run_folder import check_target_folder
+
+    choose = "choose another folder with --out"
+    if not locked and out_dir.is_dir():
+        holder = artifacts.lock_holder(out_dir)
+        if holder is not None:
+            raise artifacts.in_use_error(out_dir, holder)
+    if out_dir.is_dir() and _holds_fit(out_dir):
+        if overwrite:
+            return
+        raise SjcError(f"{out_dir}: already holds a fit{_fit_summary(out_dir)}; pass --overwrite to replace it, or {choose}")
+    check_target_folder(out_dir, "a fit folder", choose)
+
+
+def _fit_summary(out_dir: Path) -> str:
+    try:
+        metrics = json.loads((out_dir / "metrics.json").read_text())
+        held = metrics.get("psnr_heldout")
+        figure = f", held-out PSNR {held:.2f} dB" if isinstance(held, (int, float)) else ""
+        return f" ({metrics['steps']} steps{figure})"
+    except (OSError, ValueError, KeyError, TypeError):
+        return " (unfinished)" if not (out_dir / "metrics.json").exists() else ""
+
+
+def _remove_earlier_fit(out_dir: Path) -> None:
+    """``--overwrite``: remove what an earlier fit wrote (and nothing else)."""
+    for name in FIT_FILES:
+        (out_dir / name).unlink(missing_ok=True)
+    heldout = out_dir / HELDOUT
+    if heldout.is_dir():
+        for picture in heldout.glob("[0-9][0-9][0-9]_*.png"):
+            picture.unlink()
+        try:
+            heldout.rmdir()
+        except OSError:  # the user's own files stay
+            pass
+
+
 def fit_posed_images(
     data_dir: str | Path,
     out_dir: str | Path,
     settings: FitSettings,
     registry: Registry,
     log: Callable[[str], None] | None = None,
+    overwrite: bool = False,
 ) -> FitResult:
-    """Fit, evaluate on held-out views, and write renders, video, metrics and checkpoint."""
+    """Fit, evaluate on held-out views, and write renders, video, metrics and checkpoint.
+
+    ``out_dir`` must be new, empty or (with ``overwrite``) hold an earlier fit; it is
+    locked while the fit runs. A failed write is one line naming the file (``SjcError``).
+    """
     log = log or _stderr
     data_dir, out_dir = Path(data_dir), Path(out_dir)
+    try:
+        check_fit_folder(out_dir, overwrite)  # before the pictures are read: refuse at once
+        return _fit(data_dir, out_dir, settings, registry, log, overwrite)
+    except OSError as exc:
+        raise SjcError(artifacts.describe_os_error(exc)) from None
+
+
+def _fit(
+    data_dir: Path, out_dir: Path, settings: FitSettings, registry: Registry, log: Callable[[str], None], overwrite: bool
+) -> FitResult:
     device = _device(settings.device)
     splits = load_splits(data_dir, settings, warn=lambda m: log(f"sjc: warning: {m}"))
     train = splits.train
@@ -237,10 +304,6 @@ def fit_posed_images(
     rng = torch.Generator(device="cpu").manual_seed(settings.seed)
     field_module, options = build_field(registry, settings, device)
     warn_blind_cameras(train, field_module, log)
-
-    from sjc_core.checkpoint import save_checkpoint
-    from sjc_core.progress import Progress
-    from sjc_core.render import render_rays
 
     log(
         f"fit: {len(train)} training views {train.width}x{train.height}, fov {train.fov_deg:.1f} deg, "
@@ -250,12 +313,47 @@ def fit_posed_images(
     near = near_plane(train, settings.near)
     rays = training_rays(train, field_module.aabb, near, device)
 
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise SjcError(f"{out_dir}: cannot create the output folder ({artifacts.os_cause(exc)})") from None
+    with artifacts.folder_lock(out_dir, "sjc fit"):
+        count, size = artifacts.remove_stale_temps(out_dir)
+        if count:
+            log(f"sjc: note: removed {count} temporary file{'s' if count > 1 else ''} ({size / 1e6:.1f} MB) "
+                f"left in {out_dir} by a process that was killed")
+        check_fit_folder(out_dir, overwrite, locked=True)  # nobody can change it now
+        if overwrite:
+            _remove_earlier_fit(out_dir)
+        return _train_and_write(
+            data_dir, out_dir, settings, log, splits, field_module, options, near, rays, device, rng
+        )
+
+
+def _train_and_write(
+    data_dir: Path,
+    out_dir: Path,
+    settings: FitSettings,
+    log: Callable[[str], None],
+    splits: Splits,
+    field_module: torch.nn.Module,
+    options: BaseModel,
+    near: float,
+    rays: RayTable,
+    device: torch.device,
+    rng: torch.Generator,
+) -> FitResult:
+    from sjc_core.checkpoint import save_checkpoint
+    from sjc_core.progress import Progress
+
+    train = splits.train
     optimizer_cls = torch.optim.Adam if settings.optimizer == "adam" else Adamax
     optimizer = optimizer_cls(field_module.param_groups(settings.lr))
     base_lrs = [group["lr"] for group in optimizer.param_groups]
-    out_dir.mkdir(parents=True, exist_ok=True)
     log_path = out_dir / "train_log.jsonl"
     log_path.unlink(missing_ok=True)
+
+    from sjc_core.render import render_rays
 
     progress = Progress(settings.steps, label="fit ")
     began = time.perf_counter()

@@ -21,3 +21,74 @@ def test_atomic_writes_get_the_umask_permissions_not_owner_only(tmp_path):
     finally:
         os.umask(mask)
         artifacts._umask.cache_clear()
+
+
+def test_temporaries_are_recognisable_and_never_left_behind(tmp_path):
+    import pytest
+
+    from sjc_core import artifacts
+
+    target = tmp_path / "checkpoints" / "last.safetensors"
+    with artifacts.atomic_path(target) as tmp:
+        # the target's own name (extension-sniffing writers), in a recognisable private folder
+        assert tmp.name == "last.safetensors" and tmp.parent.name.startswith(".sjc-tmp.last.")
+        assert tmp.parent.parent == target.parent
+        (tmp.parent / ".tmpXYZ123").write_bytes(b"a writer's own temporary file")
+        tmp.write_bytes(b"new")
+    assert target.read_bytes() == b"new"
+    assert sorted(p.name for p in target.parent.iterdir()) == ["last.safetensors"]
+
+    with pytest.raises(RuntimeError), artifacts.atomic_path(target) as tmp:
+        tmp.write_bytes(b"half")
+        raise RuntimeError("killed mid-write")
+    assert target.read_bytes() == b"new" and sorted(p.name for p in target.parent.iterdir()) == ["last.safetensors"]
+
+    (tmp_path / ".sjc-tmp.recipe.abc.toml").write_bytes(b"x" * 10)  # a file, as older versions left
+    killed = target.parent / ".sjc-tmp.last.def"  # what a kill -9 mid-write leaves now
+    killed.mkdir()
+    (killed / "last.safetensors").write_bytes(b"x" * 5)
+    (killed / ".tmpABC123").write_bytes(b"x" * 7)
+    (tmp_path / ".hidden-but-mine").write_bytes(b"keep")
+    assert artifacts.remove_stale_temps(tmp_path) == (2, 22)
+    assert sorted(p.name for p in tmp_path.rglob("*")) == [".hidden-but-mine", "checkpoints", "last.safetensors"]
+
+
+def test_write_errors_are_one_line_naming_the_file(tmp_path):
+    import pytest
+
+    from sjc_core import artifacts
+
+    a_file = tmp_path / "views"
+    a_file.write_text("not a folder")
+    with pytest.raises(artifacts.WriteError) as error:
+        write_text(a_file / "step_000002.png", "x")
+    assert str(error.value) == f"{a_file / 'step_000002.png'}: cannot write (Not a directory: {a_file} is a file)"
+
+    folder = tmp_path / "status.json"
+    folder.mkdir()
+    with pytest.raises(artifacts.WriteError, match=r"status.json: cannot write \(Is a directory\)"):
+        write_text(folder, "{}")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["status.json", "views"]  # no temporary left
+
+
+def test_append_keeps_whole_lines_when_the_disk_is_full(tmp_path):
+    import subprocess
+    import sys
+
+    path = tmp_path / "metrics.jsonl"
+    script = (  # every file capped at 100 bytes: writing past it fails with EFBIG, like a full disk
+        "import resource, signal, sys\n"
+        "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (100, 100))\n"
+        "from sjc_core.artifacts import WriteError, append_jsonl\n"
+        "append_jsonl(sys.argv[1], {'step': 1, 'pad': 'x' * 40})\n"
+        "try:\n"
+        "    append_jsonl(sys.argv[1], {'step': 2, 'pad': 'y' * 40})\n"
+        "except WriteError as exc:\n"
+        "    print(exc)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script, str(path)], capture_output=True, text=True, timeout=120,
+                            check=False)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"{path}: cannot write (File too large)"
+    assert path.read_text() == '{"step": 1, "pad": "' + "x" * 40 + '"}\n'  # the cut-off second record is gone

@@ -148,6 +148,7 @@ def test_sigint_checkpoints_and_resume_matches_uninterrupted(tmp_path: Path) -> 
     stderr = interrupt_after_logged_steps(process, metrics)
     assert process.returncode == 130, stderr
     assert "Traceback" not in stderr and "--resume" in stderr
+    assert f"Continue with: sjc run {recipe} --run-dir {run_dir} --resume" in stderr  # the real command
     status = json.loads((run_dir / "status.json").read_text())
     assert status["state"] == "interrupted" and 3 <= status["step"] < steps
     assert load_checkpoint(run_dir / "checkpoints" / "last.safetensors").step == status["step"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -177,3 +178,83 @@ def test_bad_options_are_one_line(small_scene, tmp_path, monkeypatch, capsys, ar
     lines = [line for line in err.splitlines() if line.strip() and not line.startswith("sjc: warning")]
     assert len(lines) == 1 and fragment in lines[0], err
     assert not (tmp_path / "out").exists()
+
+
+def _tiny_fit(monkeypatch, capsys, scene: Path, out: Path, *extra: str) -> tuple[int, str, str]:
+    return _run_cli_in_process(
+        monkeypatch, capsys, "fit", str(scene), "--out", str(out), "--steps", "2", "--grid-size", "12",
+        "--video-frames", "0", "--batch-rays", "256", *extra,
+    )
+
+
+def test_an_earlier_fit_is_kept_unless_overwrite(small_scene, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "fit"
+    code, _, err = _tiny_fit(monkeypatch, capsys, small_scene, out, "--steps", "3")
+    assert code == 0, err
+    first = (out / "metrics.json").read_bytes()
+    (out / "heldout" / "999_stale.png").write_bytes(b"an earlier data set's picture")
+    (out / "my-notes.txt").write_text("mine")
+
+    code, _, err = _tiny_fit(monkeypatch, capsys, small_scene, out)
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert code == 2 and len(lines) == 1, err
+    assert f"{out}: already holds a fit (3 steps, held-out PSNR" in lines[0] and "--overwrite" in lines[0]
+    assert (out / "metrics.json").read_bytes() == first  # nothing replaced
+
+    code, _, err = _tiny_fit(monkeypatch, capsys, small_scene, out, "--overwrite")
+    assert code == 0, err
+    assert json.loads((out / "metrics.json").read_text())["steps"] == 2
+    assert not (out / "heldout" / "999_stale.png").exists() and len(list((out / "heldout").glob("*.png"))) == 4
+    assert (out / "my-notes.txt").read_text() == "mine"  # only the fit's own files are replaced
+    assert not [p for p in out.rglob(".sjc-tmp.*")]
+
+
+def test_fit_refuses_other_folders_files_and_busy_folders(small_scene, tmp_path, monkeypatch, capsys):
+    from sjc_core import artifacts
+
+    def one_error(err: str) -> str:
+        lines = [line for line in err.splitlines() if line.startswith("error:")]
+        assert len(lines) == 1 and "Traceback" not in err, err
+        return lines[0]
+
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    (theirs / "data.csv").write_text("1,2")
+    for extra in ([], ["--overwrite"]):  # --overwrite replaces a fit, never other files
+        code, _, err = _tiny_fit(monkeypatch, capsys, small_scene, theirs, *extra)
+        assert code == 2 and f"{theirs}: exists, is not empty and is not a fit folder (it holds data.csv)" in one_error(err)
+    assert [p.name for p in theirs.iterdir()] == ["data.csv"]
+
+    a_file = tmp_path / "a-file"
+    a_file.write_text("x")
+    code, _, err = _tiny_fit(monkeypatch, capsys, small_scene, a_file)
+    assert code == 2 and f"{a_file}: is a file, not a folder" in one_error(err)
+    code, _, err = _tiny_fit(monkeypatch, capsys, small_scene, a_file / "fit")
+    assert code == 2 and f"{a_file}: is a file, not a folder, so {a_file / 'fit'} cannot be created" in one_error(err)
+
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    with artifacts.folder_lock(busy, "sjc fit"):
+        code, _, err = _tiny_fit(monkeypatch, capsys, small_scene, busy)
+    assert code == 2 and f"{busy}: in use by another sjc process (pid {os.getpid()}, sjc fit)" in one_error(err)
+    code, _, err = _tiny_fit(monkeypatch, capsys, small_scene, busy)  # free again
+    assert code == 0, err
+
+
+def test_fit_full_disk_is_one_line(small_scene, tmp_path, monkeypatch, capsys):
+    import errno
+
+    replace = os.replace
+
+    def disk_full_for_pictures(src, dst):
+        if str(dst).endswith(".png"):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", disk_full_for_pictures)
+    out = tmp_path / "fit"
+    code, _, err = _tiny_fit(monkeypatch, capsys, small_scene, out)
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert code == 2 and len(lines) == 1 and "Traceback" not in err, err
+    assert lines[0].startswith(f"error: {out / 'heldout'}/") and lines[0].endswith("cannot write (No space left on device)")
+    assert not [p for p in out.rglob(".sjc-tmp.*")]

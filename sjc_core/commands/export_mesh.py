@@ -32,16 +32,18 @@ def command(
     largest: Annotated[bool, typer.Option("--largest", help="keep only the largest connected piece")] = False,
 ) -> None:
     """Extract the surface of a run's field with marching cubes and write it with vertex colours."""
+    from sjc_core import engine
     from sjc_core.mesh import export_run_mesh
 
-    report = export_run_mesh(
-        run_dir,
-        threshold=threshold,
-        resolution=resolution,
-        fmt=format_,
-        out=out,
-        colors=colors,
-        views=views,
-        largest=largest,
-    )
+    with engine.using_run(run_dir, "sjc export-mesh"):  # not while a run trains there
+        report = export_run_mesh(
+            run_dir,
+            threshold=threshold,
+            resolution=resolution,
+            fmt=format_,
+            out=out,
+            colors=colors,
+            views=views,
+            largest=largest,
+        )
     typer.echo(report)

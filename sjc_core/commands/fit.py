@@ -15,6 +15,7 @@ NAME = "fit"
 def command(
     data_dir: Annotated[Path, typer.Argument(help="folder with transforms_train.json / transforms.json and pictures")],
     out: Annotated[Optional[Path], typer.Option(help="output folder (default: runs/fit-<data folder name>)")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="replace an earlier fit's results in the output folder")] = False,
     steps: Annotated[int, typer.Option(help="optimisation steps")] = 1000,
     lr: Annotated[float, typer.Option(help="learning rate (decays exponentially to a tenth)")] = 0.1,
     grid_size: Annotated[Optional[int], typer.Option(help="voxels per side (field.grid_size)")] = None,
@@ -69,7 +70,9 @@ def command(
         field_options=field_options,
     )
     out_dir = out if out is not None else Path("runs") / f"fit-{data_dir.resolve().name or 'data'}"
-    result = fit_posed_images(data_dir, out_dir, settings, registry(), log=lambda line: typer.echo(line, err=True))
+    result = fit_posed_images(
+        data_dir, out_dir, settings, registry(), log=lambda line: typer.echo(line, err=True), overwrite=overwrite
+    )
     held = result.metrics.get("psnr_heldout")
     summary = f"held-out PSNR {held:.2f} dB" if held is not None else f"train PSNR {result.metrics['psnr_train']:.2f} dB"
     typer.echo(f"{summary}; wrote {result.out_dir}")

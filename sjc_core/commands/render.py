@@ -38,6 +38,24 @@ def command(
 ) -> None:
     """Render the turntable of a (finished or interrupted) run again, or with --hd its final high-resolution videos."""
     from sjc_core import engine
+
+    with engine.using_run(run_dir, "sjc render"):  # not while a run trains there
+        _render(run_dir, frames, subpixel, out, hd, resolution, fps, skip, decode_batch, chunk_rays)
+
+
+def _render(
+    run_dir: Path,
+    frames: Optional[int],
+    subpixel: Optional[int],
+    out: Optional[Path],
+    hd: bool,
+    resolution: int,
+    fps: Optional[int],
+    skip: float,
+    decode_batch: int,
+    chunk_rays: int,
+) -> None:
+    from sjc_core import engine
     from sjc_core.commands.common import registry
     from sjc_core.progress import Progress
 

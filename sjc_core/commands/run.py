@@ -25,12 +25,24 @@ def command(
 
     loaded = load_recipe(recipe, registry(), set_ or [])
     folder = engine.RunFolder(run_dir or engine.default_run_dir(loaded))
-    if resume and folder.recipe.exists():
+    if resume and folder.recipe.is_file() and folder.is_run():
         saved = load_recipe(folder.recipe, registry(), base_dir=loaded.base_dir)
         if saved.resolved() != loaded.resolved():
             print(f"sjc: note: resuming with the run's own {folder.recipe}, which differs from {recipe}", file=sys.stderr)
         loaded = saved
-    summary = engine.run(loaded, folder.root, resume=resume)
+    summary = engine.run(loaded, folder.root, resume=resume, resume_hint=resume_command(recipe, set_ or [], run_dir))
     if summary.state == "interrupted":
         raise typer.Exit(130)
     typer.echo(f"{summary.state}: {summary.run_dir} (step {summary.step})")
+
+
+def resume_command(recipe: Path, sets: list[str], run_dir: Path | None) -> str:
+    """The command the user typed, with ``--resume``: what continues this run."""
+    import shlex
+
+    words = ["sjc", "run", str(recipe)]
+    for assignment in sets:
+        words += ["--set", assignment]
+    if run_dir is not None:
+        words += ["--run-dir", str(run_dir)]
+    return shlex.join([*words, "--resume"])
