@@ -16,6 +16,7 @@ import copy
 import hashlib
 import itertools
 import json
+import math
 import os
 import re
 import sys
@@ -30,14 +31,25 @@ from typing import Any, TextIO
 from sjc_core import gallery
 from sjc_core.errors import SjcError
 from sjc_core.gallery import duration
+from sjc_core.plugins import default_registry
 from sjc_core.progress import format_seconds
-from sjc_core.recipe import apply_override, parse_value, read_toml, validate_recipe
+from sjc_core.recipe import (
+    MAX_NAME_LENGTH,
+    MAX_SEED,
+    apply_override,
+    parse_value,
+    read_toml,
+    ready_problems,
+    shorten,
+    validate_recipe,
+)
 
 BATCH_FILE = "batch.json"
 LOG_DIR = "logs"
 # Keys the batch sets itself; overriding them with --set/--sweep would break the folder map.
 RESERVED = {"seed": "use --seeds", "output": "use --out"}
 STATES = ("finished", "running", "failed", "interrupted", "queued")
+MAX_JOBS = 10_000  # recipes x sweep combinations x seeds
 
 
 # ----------------------------------------------------------------------------- planning
@@ -64,14 +76,19 @@ def parse_seeds(text: str) -> list[int]:
     """``0,1,2`` or ``0-7`` or ``0-3,8``: distinct non-negative seeds in the order given."""
     seeds: list[int] = []
     for part in (p.strip() for p in text.split(",")):
-        match = re.fullmatch(r"(\d+)(?:-(\d+))?", part)
+        match = re.fullmatch(r"(\d{1,30})(?:-(\d{1,30}))?", part)
         if not match:
-            raise SjcError(f"--seeds {text!r}: expected numbers and ranges like 0,1,2 or 0-7 or 0-3,8")
+            raise SjcError(f"--seeds {shorten(text)}: expected numbers and ranges like 0,1,2 or 0-7 or 0-3,8")
         low = int(match.group(1))
         high = int(match.group(2)) if match.group(2) is not None else low
         if high < low:
-            raise SjcError(f"--seeds {text!r}: range {part} runs backwards")
-        seeds.extend(s for s in range(low, high + 1) if s not in seeds)
+            raise SjcError(f"--seeds {shorten(text)}: range {shorten(part)} runs backwards")
+        if high > MAX_SEED:
+            raise SjcError(f"--seeds {shorten(text)}: seeds must be at most 2**63 - 1 ({MAX_SEED})")
+        if high - low + 1 > MAX_JOBS or len(seeds) + high - low + 1 > MAX_JOBS:
+            raise SjcError(f"--seeds {shorten(text)}: more than {MAX_JOBS:,} seeds")
+        known = set(seeds)
+        seeds.extend(s for s in range(low, high + 1) if s not in known)
     return seeds
 
 
@@ -100,7 +117,7 @@ def _split_assignment(option: str, assignment: str) -> tuple[str, str]:
     key, sep, value = assignment.partition("=")
     key = key.strip()
     if not sep or not key:
-        raise SjcError(f"{option} {assignment!r}: expected KEY=VALUE")
+        raise SjcError(f"{option} {shorten(assignment)}: expected KEY=VALUE")
     if key in RESERVED:
         raise SjcError(f"{option} {key}: the batch sets '{key}' for every run; {RESERVED[key]}")
     return key, value.strip()
@@ -112,13 +129,16 @@ def parse_sweeps(sweeps: Sequence[str]) -> list[list[str]]:
     seen: set[str] = set()
     for sweep in sweeps:
         key, text = _split_assignment("--sweep", sweep)
+        shown = shorten(key) if len(key) > 60 else key
         if key in seen:
-            raise SjcError(f"--sweep {key}: given twice; list all its values in one --sweep {key}=v1,v2")
+            raise SjcError(f"--sweep {shown}: given twice; list all its values in one --sweep {shown}=v1,v2")
         seen.add(key)
         values = split_values(text)
         if any(not v for v in values):
-            raise SjcError(f"--sweep {sweep!r}: empty value; expected --sweep {key}=v1,v2,...")
+            raise SjcError(f"--sweep {shorten(sweep)}: empty value; expected --sweep {shown}=v1,v2,...")
         axes.append([f"{key}={value}" for value in values])
+    if math.prod(len(axis) for axis in axes) > MAX_JOBS:
+        raise SjcError(f"--sweep: more than {MAX_JOBS:,} combinations")
     return [list(combo) for combo in itertools.product(*axes)]
 
 
@@ -134,7 +154,7 @@ def override_hash(overrides: Sequence[str]) -> str:
 
 def run_key(name: str, seed: int, overrides: Sequence[str]) -> str:
     """The run folder's name: NAME-seedSEED, plus a hash of the overrides when there are any."""
-    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "run"
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", name[: 4 * MAX_NAME_LENGTH]).strip("._")[:MAX_NAME_LENGTH] or "run"
     key = f"{safe}-seed{seed}"
     return f"{key}-{override_hash(overrides)}" if overrides else key
 
@@ -150,7 +170,10 @@ def plan(
     """Expand recipes x sweep combinations x seeds into jobs, refusing colliding folders.
 
     Without ``seeds`` each recipe runs with its own ``seed``. A recipe that cannot be read
-    or validated becomes a job with ``error`` set: it is reported as failed, the rest run.
+    or validated, or whose run could not start (``check_ready``: missing images, weights,
+    extras), becomes a job with ``error`` set: it is reported as failed, the rest run. A
+    ``--set`` or ``--sweep`` that makes a valid recipe invalid is refused here, before
+    anything starts: the command line is wrong, not the recipe.
     """
     for assignment in sets:
         _split_assignment("--set", assignment)
@@ -160,15 +183,21 @@ def plan(
     unique: dict[Path, str] = {}
     for given in recipes:  # the same file twice (however spelled) is one recipe
         unique.setdefault(Path(given).resolve(), str(given))
+    if len(unique) * len(combos) * (len(seeds) if seeds is not None else 1) > MAX_JOBS:
+        raise SjcError(f"batch: more than {MAX_JOBS:,} runs (recipes x sweep combinations x seeds)")
     for recipe in unique.values():
         path = Path(recipe)
         base_dir = str(path.resolve().parent)
+        own: dict[int, list[str]] = {}  # seed -> problems of the recipe without overrides
         for combo in combos:
             overrides = (*sets, *combo)
             raw, error = _read_with_overrides(path, overrides)
+            if error is not None and overrides and _read_with_overrides(path, ())[1] is None:
+                raise SjcError(f"{error} (in {recipe})")  # the override cannot apply to this recipe
             name = raw.get("name") if raw and isinstance(raw.get("name"), str) and raw.get("name") else path.stem
             own_seed = raw.get("seed", 0) if raw else 0
-            for seed in seeds if seeds is not None else [own_seed if isinstance(own_seed, int) else 0]:
+            usable = isinstance(own_seed, int) and not isinstance(own_seed, bool) and 0 <= own_seed <= MAX_SEED
+            for seed in seeds if seeds is not None else [own_seed if usable else 0]:
                 key = run_key(name, seed, overrides)
                 if key in owners:
                     raise SjcError(
@@ -180,12 +209,39 @@ def plan(
                 if raw is not None:
                     job_raw = copy.deepcopy(raw)
                     job_raw["seed"], job_raw["output"] = seed, str(out)
-                    try:
-                        validate_recipe(copy.deepcopy(job_raw), registry, base_dir=Path(base_dir), source=recipe)
-                    except SjcError as exc:
-                        job_raw, job_error = None, "; ".join(exc.problems)
+                    problems = _problems(job_raw, registry, Path(base_dir), recipe)
+                    if problems and overrides:
+                        if seed not in own:
+                            alone, _ = _read_with_overrides(path, ())
+                            own[seed] = (
+                                _problems({**alone, "seed": seed, "output": str(out)}, registry, Path(base_dir), recipe)
+                                if alone is not None
+                                else []
+                            )
+                        caused = [problem for problem in problems if problem not in own[seed]]
+                        if caused:
+                            flags = " ".join(_flag_of(o, sets) for o in overrides)
+                            raise SjcError(*(f"{problem} (with {flags})" for problem in caused))
+                    if problems:
+                        job_raw, job_error = None, "; ".join(problems)
                 jobs.append(Job(key, recipe, seed, tuple(overrides), base_dir, job_raw, job_error))
     return jobs
+
+
+def _problems(raw: dict[str, Any], registry: Any, base_dir: Path, source: str) -> list[str]:
+    """Every problem of one job's recipe: its values (``SOURCE: path: message``), else what
+    its run would find when it builds the plugins (``path: message``, as the run says it)."""
+    try:
+        recipe = validate_recipe(copy.deepcopy(raw), registry, base_dir=base_dir, source=source)
+    except SjcError as exc:
+        return exc.problems
+    return ready_problems(recipe)
+
+
+def _flag_of(assignment: str, sets: Sequence[str]) -> str:
+    option = "--set" if assignment in sets else "--sweep"
+    plain = len(assignment) <= 60 and assignment.isprintable()
+    return f"{option} {assignment if plain else shorten(assignment)}"
 
 
 def _read_with_overrides(path: Path, overrides: Sequence[str]) -> tuple[dict[str, Any] | None, str | None]:
@@ -208,7 +264,6 @@ def execute_job(job: Job, out: str, tracker: Any = None) -> dict[str, Any]:
     ``OUT/logs/<key>.log`` so run folders stay exactly what ``sjc run`` writes.
     """
     from sjc_core import engine
-    from sjc_core.commands.common import registry
 
     if tracker is not None:
         tracker.started.remote(job.key)
@@ -227,7 +282,7 @@ def execute_job(job: Job, out: str, tracker: Any = None) -> dict[str, Any]:
             if resume and folder.recipe.exists():
                 # Continue with the run's own recipe; relative paths still resolve from the recipe's folder.
                 raw = read_toml(folder.recipe)
-            recipe = validate_recipe(raw, registry(), base_dir=Path(job.base_dir), source=job.recipe)
+            recipe = validate_recipe(raw, default_registry(), base_dir=Path(job.base_dir), source=job.recipe)
             summary = engine.run(recipe, folder.root, resume=resume, stream=log)
             outcome.update(state=summary.state, step=summary.step)
         except SjcError as exc:

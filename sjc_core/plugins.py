@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import os
 import sys
+import types
+import typing
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from functools import lru_cache
 from importlib import metadata
 from typing import Any
 
@@ -76,15 +79,34 @@ class Registry:
         try:
             return self.entries[(kind, name)]
         except KeyError:
+            from sjc_core.recipe import shorten  # recipe imports this module: lazily
+
             known = closest_first(name, self.names(kind))
             listing = ", ".join(known) if known else "none installed"
             prefix = f"{where}: " if where else ""
-            raise SjcError(f"{prefix}unknown {SINGULAR[kind]} '{name}' (known: {listing})") from None
+            raise SjcError(f"{prefix}unknown {SINGULAR[kind]} {shorten(name)} (known: {listing})") from None
+
+
+@lru_cache(maxsize=1)
+def default_registry() -> Registry:
+    """The process's plugin registry, loaded on first use (the core and the commands share it)."""
+    return load_registry()
 
 
 def _type_name(annotation: Any) -> str:
+    """A readable type for listings: ``float``, ``int | None``, ``tuple[float, float]`` (no Annotated noise)."""
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is typing.Annotated:
+        return _type_name(args[0])
+    if origin is typing.Literal:
+        return "Literal[" + ", ".join(repr(a) for a in args) + "]"
+    if origin in (typing.Union, types.UnionType):
+        return " | ".join(_type_name(a) for a in args)
+    if origin is not None and args:
+        name = getattr(origin, "__name__", str(origin).replace("typing.", ""))
+        return f"{name}[{', '.join(_type_name(a) for a in args)}]"
     if isinstance(annotation, type):
-        return annotation.__name__
+        return "None" if annotation is type(None) else annotation.__name__
     return str(annotation).replace("typing.", "")
 
 

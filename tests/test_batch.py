@@ -329,3 +329,57 @@ def test_gallery_renders_in_headless_chromium(fallback_batch: tuple[Path, int, s
     expected = np.mean([iio.imread(p)[..., :3].reshape(-1, 3).mean(axis=0) for p in out.glob("*/final/last_view.png")],
                        axis=0)
     assert np.abs(shot[views].mean(axis=0) - expected).max() < 12
+
+
+# ----------------------------------------------------------------------------- overrides checked up front
+
+
+def test_a_bad_override_is_refused_before_anything_starts(recipes: Path) -> None:
+    out = recipes / "out"
+    code, stdout, stderr = run_sjc_command("batch", "good.toml", "--set", "test_frames=2", "--out", out, "--no-ray",
+                                           cwd=recipes)
+    assert code == 2 and stdout == "" and "Traceback" not in stderr
+    assert stderr.strip().splitlines() == [
+        "error: good.toml: test_frames: unknown key (did you mean 'camera.test_frames'?) (with --set test_frames=2)"
+    ]
+    assert not out.exists(), "nothing is planned, run or written"
+
+
+def test_plan_refuses_overrides_that_break_a_valid_recipe(recipes: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(recipes)
+    registry = load_registry()
+    out = (recipes / "out").resolve()
+    with pytest.raises(batch.SjcError) as caught:
+        batch.plan(["good.toml"], registry, out, sweeps=["camera.test_frames=4,100000"])
+    (line,) = caught.value.problems
+    assert line.startswith("good.toml: camera.test_frames: Input should be less than or equal to 10000")
+    assert line.endswith("(got '100000') (with --sweep camera.test_frames=100000)")
+    with pytest.raises(batch.SjcError, match=r"--set losses.3: the recipe has 1 entries there \(in good.toml\)"):
+        batch.plan(["good.toml"], registry, out, sets=["losses.3.weight=1"])
+    # A recipe that is broken on its own is still that recipe's failed run; the others plan.
+    jobs = batch.plan(["good.toml", "bad.toml"], registry, out, sets=["lr=0.1"])
+    errors = {job.recipe: job.error for job in jobs}
+    assert errors["good.toml"] is None and "missing-images: no such folder" in errors["bad.toml"]
+    # A megabyte of override is echoed as a cut.
+    with pytest.raises(batch.SjcError) as caught:
+        batch.plan(["good.toml"], registry, out, sets=["device=" + "d" * 1_000_000])
+    assert len(caught.value.problems) == 1 and len(caught.value.problems[0]) < 300
+
+
+def test_seeds_and_sweeps_are_bounded() -> None:
+    with pytest.raises(batch.SjcError, match="more than 10,000 seeds"):
+        batch.parse_seeds("0-99999999999")
+    with pytest.raises(batch.SjcError, match=r"at most 2\*\*63 - 1"):
+        batch.parse_seeds("18446744073709551616")
+    with pytest.raises(batch.SjcError, match="more than 10,000 combinations"):
+        batch.parse_sweeps(["lr=" + ",".join(["0.1"] * 101), "steps=" + ",".join(["1"] * 101)])
+    assert len(batch.run_key("n" * 5000, 0, [])) < 120
+
+
+def test_the_batch_core_does_not_import_the_commands() -> None:
+    code = "import sys, sjc_core.batch; print([m for m in sys.modules if m.startswith('sjc_core.commands')])"
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=sjc_env(), timeout=120, check=False
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"

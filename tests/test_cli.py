@@ -188,3 +188,49 @@ def test_validate_the_demo_recipe_through_the_console_script() -> None:
     assert proc.returncode == 0, proc.stderr
     data = tomllib.loads(proc.stdout)
     assert data["steps"] == 20 and data["prior"]["name"] == "empirical" and data["field"]["name"] == "voxel"
+
+
+# --- validate runs what `sjc run` checks before training --------------------------------------
+
+
+def test_validate_checks_what_the_run_needs(run_sjc, tmp_path: Path) -> None:
+    recipe = tmp_path / "r.toml"
+    recipe.write_text('[prior]\nname = "empirical"\nimages = "pictures"\n')
+    code, out, err = run_sjc("validate", recipe, cwd=tmp_path)
+    assert (code, out) == (2, "") and "Traceback" not in err
+    assert err.strip().splitlines() == [f"error: {recipe}: prior.images: {tmp_path / 'pictures'}: no such folder"]
+    (tmp_path / "pictures").mkdir()
+    (tmp_path / "pictures" / "notes.txt").write_text("no pictures here")
+    code, out, err = run_sjc("validate", recipe, "--set", "device=cuda", cwd=tmp_path)
+    lines = err.strip().splitlines()
+    assert code == 2 and "Traceback" not in err and lines[-1].startswith(f"error: {recipe}: prior.images: ")
+    assert "no images" in lines[-1]
+    import torch
+
+    if not torch.cuda.is_available():
+        assert lines[0] == f"error: {recipe}: device: 'cuda' requested but no CUDA device is available (use 'auto' or 'cpu')"
+    assert not (tmp_path / "runs").exists()
+
+
+def test_validate_notes_weights_this_machine_lacks(run_sjc, tmp_path: Path) -> None:
+    """The recipe is fine; the weights are not downloaded: a note on stderr, exit 0."""
+    code, out, err = run_sjc(
+        "validate", REPO / "recipes" / "rose.toml", cwd=tmp_path,
+        env={"HF_HUB_CACHE": str(tmp_path / "empty-cache"), "SJC_ALLOW_DOWNLOAD": None},
+    )
+    assert code == 0, err
+    assert tomllib.loads(out)["prior"]["prompt"] == "a DSLR photo of a rose"
+    (note,) = [line for line in err.splitlines() if line.strip()]
+    assert note.startswith("sjc: note: ") and "rose.toml: prior.model: " in note and "not in the local" in note
+
+
+def test_listed_option_types_are_plain(builtin_registry) -> None:
+    types = {(info.name, row["name"]): row["type"] for info in builtin_registry.entries.values()
+             for row in info.option_rows()}
+    assert types[("voxel", "grid_size")] == "int | list[int]"
+    assert types[("voxel", "box_half")] == "float"
+    assert types[("hashgrid", "levels")] == "int | None"
+    assert types[("empirical", "background")] == "tuple[float, float, float]"
+    assert types[("stable-diffusion", "revision")] == "str | None"
+    assert types[("stable-diffusion", "view_prompts")] == "bool"
+    assert not [key for key, name in types.items() if "Annotated" in name or "Validator" in name]

@@ -185,7 +185,7 @@ def test_device_must_be_auto_cpu_or_cuda(validate, recipe_file) -> None:
 
 def test_sigma_range_must_be_ordered(validate, recipe_file) -> None:
     path = recipe_file(GOOD.replace('schedule = "random"', "sigma_min = 2.0\nsigma_max = 1.0"))
-    assert error_lines(*validate(path)) == [f"{path}: paas: sigma_min 2.0 is above sigma_max 1.0"]
+    assert error_lines(*validate(path)) == [f"{path}: paas.sigma_min: 2.0 is above sigma_max 1.0"]
 
 
 # --- unknown keys -------------------------------------------------------------------------
@@ -349,3 +349,74 @@ def test_toml_writer_round_trips_awkward_values() -> None:
 
 def test_toml_writer_leaves_out_none() -> None:
     assert tomllib.loads(dumps({"a": None, "b": {"c": None, "d": 1}})) == {"b": {"d": 1}}
+
+
+# --- values no run can use, keys in the wrong table, long values ------------------------------
+
+
+def test_a_key_in_the_wrong_table_suggests_its_full_path(validate, recipe_file) -> None:
+    path = recipe_file()
+    assert error_lines(*validate(path, "--set", "test_frames=2", "--set", "prior.radius=2")) == [
+        f"{path}: test_frames: unknown key (did you mean 'camera.test_frames'?)",
+        f"{path}: prior.radius: unknown key (did you mean 'camera.radius'?)",
+    ]
+
+
+def test_core_values_are_finite_strict_and_bounded(validate, recipe_file) -> None:
+    text = (
+        GOOD.replace("seed = 1", "seed = true")
+        .replace("steps = 100", "steps = 1_000_000_000_000")
+        .replace("radius = 1.5", "radius = inf")
+        .replace('name = "burger"', 'name = "../../tmp/x"')
+    )
+    path = recipe_file(text)
+    assert sorted(error_lines(*validate(path))) == sorted(
+        f"{path}: {message}"
+        for message in [
+            "seed: Input should be a valid integer, not true or false (got True)",
+            "steps: Input should be less than or equal to 10000000 (got 1000000000000)",
+            "camera.radius: Input should be a finite number (got inf)",
+            (
+                "name: must be one folder name: no '/' or '\\' (the run folder is OUTPUT/NAME-seedSEED) "
+                "(got '../../tmp/x')"
+            ),
+        ]
+    )
+
+
+def test_a_plugin_model_with_plain_types_still_gets_no_nan_and_no_bool_numbers(validate, recipe_file) -> None:
+    """The toy plugins use plain float/int/bool: the core re-checks what their models let through."""
+    text = GOOD.replace("guidance_scale = 100.0", "guidance_scale = inf\nresolution = true\nview_dependent = 1")
+    path = recipe_file(text)
+    assert sorted(error_lines(*validate(path))) == sorted(
+        f"{path}: {message}"
+        for message in [
+            "prior.guidance_scale: Input should be a finite number (got inf)",
+            "prior.resolution: Input should be a valid number, not true or false (got True)",
+            "prior.view_dependent: Input should be a valid boolean: true or false (got 1)",
+        ]
+    )
+
+
+def test_long_values_are_cut_and_deep_nesting_is_one_line(validate, recipe_file) -> None:
+    path = recipe_file(GOOD.replace('device = "cpu"', 'device = "' + "d" * 1_000_000 + '"'))
+    (line,) = error_lines(*validate(path))
+    assert line.startswith(f"{path}: device: Input should be 'auto', 'cpu' or 'cuda' (got 'ddd")
+    assert line.endswith("…)") and len(line) < len(str(path)) + 140
+    path = recipe_file(GOOD + "\n[extra]\nx = " + "[" * 1000 + "]" * 1000 + "\n", name="deep.toml")
+    assert error_lines(*validate(path)) == [
+        f"{path}: tables or arrays nested too deeply (at most 32 levels)"
+    ]
+    path = recipe_file(GOOD.replace("grid_size = 16", "grid_size = " + "[" * 40 + "]" * 40), name="deeper.toml")
+    assert error_lines(*validate(path)) == [f"{path}: field.grid_size: tables or arrays nested more than 32 levels deep"]
+
+
+def test_set_values_nested_too_deeply_are_one_line() -> None:
+    with pytest.raises(SjcError, match="nested too deeply") as caught:
+        parse_value("[" * 1000 + "]" * 1000)
+    assert len(caught.value.problems) == 1 and len(caught.value.problems[0]) < 200
+    with pytest.raises(SjcError, match="nested more than 32 levels deep"):
+        parse_value("[" * 40 + "]" * 40)
+    with pytest.raises(SjcError, match="expected KEY=VALUE") as caught:
+        apply_override({}, "k" * 1_000_000)
+    assert len(caught.value.problems[0]) < 200

@@ -23,17 +23,23 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from sjc_core.contracts import BuildContext, RenderOutput
 from sjc_core.hookspecs import hookimpl
+from sjc_core.recipe import Float
 
 
 class CenterDepthOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
-    weight: float = Field(10.0, ge=0, description="lambda (the reference's depth_weight; its prompts use 10 to 100)")
-    center_fraction: float = Field(
+    weight: Float = Field(
+        10.0, ge=0, le=1e9, description="lambda (the reference's depth_weight; its prompts use 10 to 100; at most 1e9)"
+    )
+    center_fraction: Float = Field(
         50 / 64, gt=0, lt=1, description="side of the centre window as a fraction of the image (50 of 64 pixels)"
     )
-    epsilon: float = Field(
-        1e-3, gt=0, description="below this depth gap -log is continued by its tangent line (keeps the loss finite)"
+    epsilon: Float = Field(
+        1e-3,
+        gt=0,
+        le=1,
+        description="below this depth gap -log is continued by its tangent line (keeps the loss finite; at most 1)",
     )
 
 

@@ -14,17 +14,20 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from sjc_core.contracts import BuildContext, RenderOutput
 from sjc_core.hookspecs import hookimpl
+from sjc_core.recipe import Float
 
 
 class EmptinessOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
-    weight: float = Field(1e4, ge=0, description="lambda: weight of the loss before the step")
-    scale: float = Field(10.0, gt=0, description="w is scaled by this inside log(1 + scale * w)")
-    step_fraction: float = Field(
+    weight: Float = Field(1e4, ge=0, le=1e9, description="lambda: weight of the loss before the step (0..1e9)")
+    scale: Float = Field(10.0, gt=0, le=1e6, description="w is scaled by this inside log(1 + scale * w) (at most 1e6)")
+    step_fraction: Float = Field(
         0.5, ge=0, le=1, description="fraction of training after which the weight is multiplied"
     )
-    multiplier: float = Field(20.0, ge=0, description="weight multiplier once progress >= step_fraction")
+    multiplier: Float = Field(
+        20.0, ge=0, le=1e6, description="weight multiplier once progress >= step_fraction (0..1e6)"
+    )
 
 
 class EmptinessLoss:

@@ -18,13 +18,14 @@ diffusers and transformers are imported lazily: listing plugins must stay fast.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import logging
 import os
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
@@ -32,24 +33,69 @@ from pydantic import BaseModel, ConfigDict, Field
 from sjc_core.contracts import BuildContext
 from sjc_core.errors import SjcError
 from sjc_core.paas import vp_sigmas
+from sjc_core.recipe import MAX_PATH_LENGTH, Flag, Line, PathText, bounded
 
 ALLOW_DOWNLOAD_ENV = "SJC_ALLOW_DOWNLOAD"
 PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 DTypeName = Literal["auto", "float32", "float16", "bfloat16"]
+DIFFUSERS_EXTRA = ("diffusers", "transformers", "huggingface_hub")
 
 
 class HubOptions(BaseModel):
     """Where the weights come from and how they are held; every diffusers prior has these."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
-    model: str = Field(..., min_length=1, description="hub id or local diffusers folder")
-    revision: str | None = Field(None, description="hub revision (branch, tag or commit); default: main")
-    variant: str | None = Field(None, description="weight variant, e.g. 'fp16' (files named *.fp16.safetensors)")
+    # Files (any one suffices) whose presence in the hub cache means the model was downloaded.
+    weight_probes: ClassVar[tuple[str, ...]] = ("unet/config.json", "config.json")
+
+    model: PathText = Field(..., min_length=1, max_length=MAX_PATH_LENGTH, description="hub id or local diffusers folder")
+    revision: bounded(Line, min_length=1, max_length=256) | None = Field(  # type: ignore[valid-type]
+        None, description="hub revision (branch, tag or commit); default: main"
+    )
+    variant: bounded(Line, min_length=1, max_length=64) | None = Field(  # type: ignore[valid-type]
+        None, description="weight variant, e.g. 'fp16' (files named *.fp16.safetensors)"
+    )
     dtype: DTypeName = Field("auto", description="network precision; auto: float16 on CUDA, float32 on CPU")
-    allow_download: bool = Field(
+    allow_download: Flag = Field(
         False, description=f"fetch missing weights from the hub (also enabled by {ALLOW_DOWNLOAD_ENV}=1)"
     )
+
+    def preflight(self, ctx: BuildContext) -> list[str]:
+        """What building the prior checks first, cheaply: the extras are installed (else an
+        error) and ``model`` names a folder or a hub id. Weights that are only missing from
+        this machine's hub cache are a note, not an error: the recipe is fine, and the run
+        stops at once with the same line until they are downloaded."""
+        try:
+            resolve_source(self, ctx, self.weight_probes)
+        except SjcError as missing:
+            resolve_source(self.model_copy(update={"allow_download": True}), ctx, self.weight_probes)
+            return missing.problems  # only the cache lacked them
+        return []
+
+
+def missing_extras() -> list[str]:
+    """The packages of the ``diffusers`` extra that cannot be imported here (nothing is imported)."""
+    missing = []
+    for name in DIFFUSERS_EXTRA:
+        try:
+            found = importlib.util.find_spec(name) is not None
+        except (ImportError, ValueError):  # a parent package missing, or a module without a spec
+            found = False
+        if not found:
+            missing.append(name)
+    return missing
+
+
+def require_extras() -> None:
+    """One line, not a traceback, when diffusers, transformers or huggingface_hub is missing."""
+    missing = missing_extras()
+    if missing:
+        verb = "is" if len(missing) == 1 else "are"
+        raise SjcError(
+            f"prior.name: this prior needs {', '.join(DIFFUSERS_EXTRA)}; {', '.join(missing)} {verb} not installed: "
+            'pip install "sjc[diffusers]"'
+        )
 
 
 @dataclass(frozen=True)
@@ -105,6 +151,7 @@ def resolve_source(options: HubOptions, ctx: BuildContext, probes: Sequence[str]
     ``probes`` are files (any one suffices) whose presence in the hub cache means the
     model was downloaded before, e.g. ``unet/config.json``.
     """
+    require_extras()
     model = options.model.strip()
     path = Path(model).expanduser()
     candidates = [path] if path.is_absolute() else [Path(ctx.base_dir) / path, path]

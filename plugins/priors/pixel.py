@@ -27,6 +27,7 @@ from pydantic import Field
 from sjc_core.contracts import BuildContext, View
 from sjc_core.errors import SjcError
 from sjc_core.hookspecs import hookimpl
+from sjc_core.recipe import MAX_PATH_LENGTH, Int, PathText
 from sjc_plugins.priors._diffusion_common import (
     HubOptions,
     VpLadder,
@@ -44,9 +45,17 @@ DataRange = Literal["auto", "[-1,1]", "[0,1]"]
 
 
 class PixelOptions(HubOptions):
-    model: str = Field(..., min_length=1, description="hub id or local folder of a diffusers UNet2DModel + scheduler")
-    render_resolution: int = Field(
-        64, gt=0, description="size the engine renders at before resizing to the model's size (capped at it)"
+    model: PathText = Field(
+        ...,
+        min_length=1,
+        max_length=MAX_PATH_LENGTH,
+        description="hub id or local folder of a diffusers UNet2DModel + scheduler",
+    )
+    render_resolution: Int = Field(
+        64,
+        gt=0,
+        le=4096,
+        description="size the engine renders at before resizing to the model's size (capped at it; at most 4096)",
     )
     data_range: DataRange = Field(
         "auto", description="pixel range the network was trained on; auto: [0,1] for VE score models, else [-1,1]"
@@ -54,11 +63,18 @@ class PixelOptions(HubOptions):
 
 
 class FfhqOptions(PixelOptions):
-    model: str = Field(FFHQ_MODEL, min_length=1, description="hub id or local folder of an NCSN++ FFHQ model")
+    model: PathText = Field(
+        FFHQ_MODEL, min_length=1, max_length=MAX_PATH_LENGTH, description="hub id or local folder of an NCSN++ FFHQ model"
+    )
 
 
 class LsunBedroomOptions(PixelOptions):
-    model: str = Field(BEDROOM_MODEL, min_length=1, description="hub id or local folder of a DDPM LSUN bedroom model")
+    model: PathText = Field(
+        BEDROOM_MODEL,
+        min_length=1,
+        max_length=MAX_PATH_LENGTH,
+        description="hub id or local folder of a DDPM LSUN bedroom model",
+    )
 
 
 class PixelPrior:

@@ -20,7 +20,7 @@ offload for small cards (text encoder and VAE on the CPU) and ``torch.compile``.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from pydantic import Field, field_validator
@@ -29,6 +29,7 @@ from sjc_core.cameras import LABEL_PROMPTS
 from sjc_core.contracts import BuildContext, View
 from sjc_core.errors import SjcError
 from sjc_core.hookspecs import hookimpl
+from sjc_core.recipe import MAX_PATH_LENGTH, Flag, Float, PathText, Text
 from sjc_plugins.priors._sd_placement import (
     Placement,
     decoder_parts,
@@ -50,21 +51,33 @@ from sjc_plugins.priors._diffusion_common import (
 )
 
 DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+MAX_PROMPT = 2000  # characters; CLIP reads the first 77 tokens of it
+MAX_SLICE = 1024  # heads per attention slice
 DECODE_CHUNK = 4  # latents decoded per VAE call; bounds the decoder's activation memory
 SLICING_CHOICES = (
     "false, true or 'auto' (half the heads of each attention layer at a time), "
-    "'max' (one head at a time) or a positive number of heads per slice"
+    "'max' (one head at a time) or a number of heads per slice (1..1024)"
 )
 
 AttentionSlicing = bool | Literal["auto", "max"] | int
 
 
 class StableDiffusionOptions(HubOptions):
-    model: str = Field(DEFAULT_MODEL, min_length=1, description="hub id or local diffusers Stable Diffusion folder")
-    prompt: str = Field(..., min_length=1, description="text prompt of the object")
-    negative_prompt: str = Field("", description="prompt of the unconditional branch of guidance")
-    guidance_scale: float = Field(100.0, ge=1.0, description="classifier-free guidance scale (1 = no guidance)")
-    view_prompts: bool = Field(True, description="prefix the prompt with the camera's view ('front view of ...')")
+    weight_probes: ClassVar[tuple[str, ...]] = ("unet/config.json",)
+
+    model: PathText = Field(
+        DEFAULT_MODEL, min_length=1, max_length=MAX_PATH_LENGTH, description="hub id or local diffusers Stable Diffusion folder"
+    )
+    prompt: Text = Field(
+        ..., min_length=1, max_length=MAX_PROMPT, description=f"text prompt of the object (at most {MAX_PROMPT} characters)"
+    )
+    negative_prompt: Text = Field(
+        "", max_length=MAX_PROMPT, description="prompt of the unconditional branch of guidance"
+    )
+    guidance_scale: Float = Field(
+        100.0, ge=1.0, le=1000.0, description="classifier-free guidance scale (1 = no guidance; at most 1000)"
+    )
+    view_prompts: Flag = Field(True, description="prefix the prompt with the camera's view ('front view of ...')")
     attention_slicing: AttentionSlicing = Field(
         False,
         description=(
@@ -72,14 +85,14 @@ class StableDiffusionOptions(HubOptions):
             f"(slower; bounds attention memory): {SLICING_CHOICES}"
         ),
     )
-    vae_tiling: bool = Field(
+    vae_tiling: Flag = Field(
         False,
         description="decode pictures tile by tile (vae.enable_tiling): bounded memory for pictures larger than a tile",
     )
-    cpu_offload: bool = Field(
+    cpu_offload: Flag = Field(
         False, description="for small GPUs: only the UNet on the GPU; the text encoder and the VAE run on the CPU"
     )
-    compile: bool = Field(False, description="torch.compile the UNet: a warm-up of minutes, then faster steps")
+    compile: Flag = Field(False, description="torch.compile the UNet: a warm-up of minutes, then faster steps")
 
     @field_validator("attention_slicing", mode="before")
     @classmethod
@@ -93,7 +106,9 @@ class StableDiffusionOptions(HubOptions):
                 return text
             if text.isdigit():
                 value = int(text)
-        if isinstance(value, bool) or (isinstance(value, int) and value >= 1):
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        if isinstance(value, bool) or (isinstance(value, int) and 1 <= value <= MAX_SLICE):
             return value
         raise ValueError(f"expected {SLICING_CHOICES}")
 

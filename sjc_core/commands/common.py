@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-from functools import lru_cache
-
-from sjc_core.plugins import Registry, load_registry
+from sjc_core.plugins import Registry, default_registry
 
 
-@lru_cache(maxsize=1)
 def registry() -> Registry:
-    """The process's plugin registry, loaded on first use (commands share it)."""
-    return load_registry()
+    """The process's plugin registry, loaded on first use (commands share it with the core)."""
+    return default_registry()

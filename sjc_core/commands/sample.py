@@ -19,6 +19,8 @@ import typer
 NAME = "sample"
 METHODS = ("karras", "paas")
 DEFAULT_STEPS = {"karras": 40, "paas": 500}
+MAX_IMAGES = 10_000  # every picture is held in memory until the grid is written
+MAX_BATCH = 1024
 STANDALONE_KEYS = ("prior", "paas")
 
 
@@ -90,27 +92,38 @@ def command(
     """Sample 2D images from a prior (Karras sampler or PAAS ascent); writes PNGs and a grid."""
     from sjc_core.commands.common import registry
     from sjc_core.errors import SjcError, did_you_mean
+    from sjc_core.recipe import MAX_ANNEALED_STEPS, MAX_SEED, MAX_SIGMA, shorten
 
     problems = []
     if (recipe is None) == (prior is None):
         problems.append("give either --recipe RECIPE or --prior NAME" + (" (not both)" if recipe and prior else ""))
     if method not in METHODS:
-        problems.append(f"--method: unknown method {method!r}{did_you_mean(method, METHODS)} (known: {', '.join(METHODS)})")
-    checks = [
-        ("--n", n, n >= 1, ">= 1"),
-        ("--batch-size", batch_size, batch_size >= 1, ">= 1"),
-        ("--steps", steps, steps is None or steps >= 1, ">= 1"),
-        ("--seed", seed, seed is None or seed >= 0, ">= 0"),
-        ("--rho", rho, rho > 0, "> 0"),
-        ("--lr", lr, lr > 0, "> 0"),
-        ("--churn", churn, churn >= 0, ">= 0"),
-        ("--churn-noise", churn_noise, churn_noise > 0, "> 0"),
-        ("--sigma-min", sigma_min, sigma_min is None or sigma_min > 0, "> 0"),
-        ("--sigma-max", sigma_max, sigma_max is None or sigma_max > 0, "> 0"),
+        problems.append(
+            f"--method: unknown method {shorten(method)}{did_you_mean(method, METHODS)} (known: {', '.join(METHODS)})"
+        )
+    checks = [  # (flag, value, lower bound holds, its rule, upper bound holds, its rule)
+        ("--n", n, n >= 1, ">= 1", n <= MAX_IMAGES, f"<= {MAX_IMAGES}"),
+        ("--batch-size", batch_size, batch_size >= 1, ">= 1", batch_size <= MAX_BATCH, f"<= {MAX_BATCH}"),
+        ("--steps", steps, steps is None or steps >= 1, ">= 1", steps is None or steps <= MAX_ANNEALED_STEPS,
+         f"<= {MAX_ANNEALED_STEPS}"),
+        ("--seed", seed, seed is None or seed >= 0, ">= 0", seed is None or seed <= MAX_SEED, "< 2**63"),
+        ("--rho", rho, rho > 0, "> 0", rho <= 1e3, "<= 1000"),
+        ("--lr", lr, lr > 0, "> 0", lr <= 1e3, "<= 1000"),
+        ("--churn", churn, churn >= 0, ">= 0", churn <= 1e6, "<= 1e6"),
+        ("--churn-min", churn_min, churn_min >= 0, ">= 0", churn_min <= MAX_SIGMA, f"<= {MAX_SIGMA:g}"),
+        ("--churn-max", churn_max, churn_max >= 0, ">= 0", churn_max <= MAX_SIGMA, f"<= {MAX_SIGMA:g}"),
+        ("--churn-noise", churn_noise, churn_noise > 0, "> 0", churn_noise <= 1e3, "<= 1000"),
+        ("--sigma-min", sigma_min, sigma_min is None or sigma_min > 0, "> 0", sigma_min is None or sigma_min <= MAX_SIGMA,
+         f"<= {MAX_SIGMA:g}"),
+        ("--sigma-max", sigma_max, sigma_max is None or sigma_max > 0, "> 0", sigma_max is None or sigma_max <= MAX_SIGMA,
+         f"<= {MAX_SIGMA:g}"),
     ]
-    problems += [f"{flag}: must be {rule} (got {value})" for flag, value, ok, rule in checks if not ok]
+    # NaN fails every comparison, so it is reported too; inf fails the upper bound.
+    for flag, value, low_ok, low_rule, high_ok, high_rule in checks:
+        if not (low_ok and high_ok):
+            problems.append(f"{flag}: must be {low_rule if not low_ok else high_rule} (got {shorten(value)})")
     if device is not None and device not in ("auto", "cpu", "cuda"):
-        problems.append(f"--device: must be auto, cpu or cuda (got {device!r})")
+        problems.append(f"--device: must be auto, cpu or cuda (got {shorten(device)})")
     if out is None:
         problems.append("--out: required: the folder that receives the images")
     if problems:
@@ -133,6 +146,7 @@ def _from_recipe(path: Path, sets: list[str], reg: Any) -> Setup:
     from sjc_core.recipe import load_recipe
 
     loaded = load_recipe(path, reg, sets)
+    _check_prior(loaded.prior.options, loaded.base_dir, str(path))
     return Setup(
         prior_table=loaded.prior.as_table(),
         info=loaded.prior.info,
@@ -186,6 +200,7 @@ def _standalone(name: str, sets: list[str], reg: Any) -> Setup:
     if problems:
         raise SjcError(*problems)
     assert info is not None and options is not None and paas is not None
+    _check_prior(options, Path.cwd(), None)
     return Setup(
         prior_table={"name": info.name, **options.model_dump(mode="json")},
         info=info,
@@ -198,11 +213,27 @@ def _standalone(name: str, sets: list[str], reg: Any) -> Setup:
     )
 
 
+def _check_prior(options: Any, base_dir: Path, source: str | None) -> None:
+    """What building the prior checks first (folders, extras, weights), before anything is drawn."""
+    from sjc_core.contracts import BuildContext
+    from sjc_core.errors import SjcError
+    from sjc_core.recipe import preflight_problems
+
+    problems = preflight_problems(options, BuildContext(base_dir=base_dir), "prior")
+    if problems:
+        raise SjcError(*(f"{source}: {problem}" if source else problem for problem in problems))
+
+
 def _check_out(out: Path, overwrite: bool) -> None:
     from sjc_core.errors import SjcError
+    from sjc_core.recipe import check_output_folder
 
     if out.exists() and not out.is_dir():
         raise SjcError(f"--out: {out} is a file, expected a folder")
+    try:
+        check_output_folder(str(out))
+    except ValueError as exc:
+        raise SjcError(f"--out: {out} {exc}") from None
     if (out / "samples.json").exists() and not overwrite:
         raise SjcError(f"--out: {out} already holds samples (samples.json); choose another folder or pass --overwrite")
 
