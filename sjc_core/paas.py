@@ -134,9 +134,18 @@ def sigma_schedule(
         return rng.choice(candidates, size=steps, replace=True).astype(np.float64)
     ratios = np.arange(steps, dtype=np.float64) / max(steps - 1, 1)
     targets = np.log(high) + ratios * (np.log(low) - np.log(high))
-    logs = np.log(candidates)
-    nearest = np.abs(targets[:, None] - logs[None, :]).argmin(axis=1)
-    return candidates[nearest].astype(np.float64)
+    return candidates[_nearest(np.log(candidates), targets)].astype(np.float64)
+
+
+def _nearest(ascending: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """Index of the value nearest each target in an ascending array, the lower one on a tie
+    (what argmin over all distances gives), in O(steps log ladder) time and O(steps) memory."""
+    if ascending.size == 1:
+        return np.zeros(targets.size, dtype=np.int64)
+    upper = np.clip(np.searchsorted(ascending, targets), 1, ascending.size - 1)
+    lower = upper - 1
+    take_lower = np.abs(targets - ascending[lower]) <= np.abs(targets - ascending[upper])
+    return np.where(take_lower, lower, upper)
 
 
 @torch.no_grad()

@@ -53,7 +53,6 @@ else:  # pragma: no cover
 # ----------------------------------------------------------------------------- limits
 # Generous, but each one a machine can honour; every message that enforces one states it.
 MAX_STEPS = 10**7  # the sigma schedule is precomputed: 80 MB of float64 at the limit
-MAX_ANNEALED_STEPS = 10**5  # the annealed schedule is matched against the whole ladder: steps x ladder floats
 MAX_SEED = 2**63 - 1  # torch.manual_seed takes 64 bits; numpy any; 63 keeps it a signed int64 everywhere
 MAX_LR = 1e3
 MAX_RADIUS = 1e3
@@ -272,8 +271,7 @@ class PaasConfig(BaseModel):
 
     schedule: Literal["random", "annealed"] = pydantic.Field(
         "random",
-        description="random: uniform draw from the ladder; annealed: large to small over training "
-        f"(at most {MAX_ANNEALED_STEPS} steps)",
+        description="random: uniform draw from the ladder; annealed: large to small over training",
     )
     sigma_min: Float | None = pydantic.Field(
         None, gt=0, le=MAX_SIGMA, description=f"lowest sigma (at most {MAX_SIGMA:g}); default: the prior's default range"
@@ -340,15 +338,6 @@ class RecipeModel(BaseModel):
     @classmethod
     def _output_is_a_folder(cls, value: str) -> str:
         return check_output_folder(value)
-
-    @model_validator(mode="after")
-    def _annealed_steps(self) -> "RecipeModel":
-        if self.paas.schedule == "annealed" and self.steps > MAX_ANNEALED_STEPS:
-            raise ValueError(
-                f"steps: at most {MAX_ANNEALED_STEPS:,} with paas.schedule = \"annealed\" (the schedule is matched "
-                f"against the whole noise ladder up front; got {self.steps:,})"
-            )
-        return self
 
 
 @dataclass(frozen=True)

@@ -225,3 +225,22 @@ def test_paas_input_checks() -> None:
         paas_gradient(prior, torch.zeros(2, 3, 8, 8), 1.0, None)
     with pytest.raises(ValueError, match="n_noise"):
         paas_gradient(prior, torch.zeros(1, 3, 8, 8), 1.0, None, n_noise=0)
+
+
+def test_annealed_schedule_snaps_like_a_full_argmin_and_scales_to_long_runs():
+    """The annealed schedule's nearest-tick search (searchsorted) picks what an argmin over
+    every (step, tick) distance picks, ties to the lower tick; a million steps needs no
+    steps x ladder table."""
+    from sjc_core.paas import sd_ladder, sigma_schedule
+
+    ladder = sd_ladder().numpy()
+    low, high = 0.0983, 12.23
+    got = sigma_schedule("annealed", ladder, 5000, np.random.default_rng(0), low, high)
+    candidates = ladder[(ladder >= low * (1 - 1e-9)) & (ladder <= high * (1 + 1e-9))]
+    ratios = np.arange(5000) / 4999
+    targets = np.log(high) + ratios * (np.log(low) - np.log(high))
+    brute = candidates[np.abs(targets[:, None] - np.log(candidates)[None, :]).argmin(axis=1)]
+    np.testing.assert_array_equal(got, brute)
+    long = sigma_schedule("annealed", ladder, 10**6, np.random.default_rng(0), low, high)
+    assert long.shape == (10**6,) and long[0] == candidates[-1] and long[-1] == candidates[0]
+    assert np.all(np.diff(long) <= 0)
