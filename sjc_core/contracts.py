@@ -8,9 +8,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-import torch
+if TYPE_CHECKING:  # annotations only: listing and validating recipes never import torch
+    import torch
+
+
+def _cpu() -> Any:
+    import torch
+
+    return torch.device("cpu")
 
 
 @dataclass(frozen=True)
@@ -22,7 +29,7 @@ class BuildContext:
     their feature grid and pick their default feature activation.
     """
 
-    device: torch.device = torch.device("cpu")
+    device: torch.device = field(default_factory=_cpu)
     base_dir: Path = Path(".")
     channels: int | None = None
     value_range: tuple[float, float] | None = None

@@ -14,3 +14,9 @@ def resolve_device(setting: str) -> torch.device:
     if setting == "cuda" and not torch.cuda.is_available():
         raise SjcError("device: 'cuda' requested but no CUDA device is available (use 'auto' or 'cpu')")
     return torch.device(setting)
+
+
+def as_device(device: torch.device | str) -> torch.device:
+    """A torch device from a device or a recipe setting ('auto', 'cpu', 'cuda'): preflight
+    checks get the setting, so that validating a recipe never imports torch needlessly."""
+    return resolve_device(device) if isinstance(device, str) else torch.device(device)

@@ -729,16 +729,19 @@ def ready_problems(recipe: Recipe, notes: list[str] | None = None) -> list[str]:
     places += [(f"losses.{index}", choice) for index, choice in enumerate(recipe.losses)]
     places = [(where, choice) for where, choice in places if callable(getattr(choice.options, "preflight", None))]
     if not places and recipe.settings.device != "cuda":
-        return []  # nothing to ask (and no reason to import torch)
+        return []  # nothing to ask
     from sjc_core.contracts import BuildContext
-    from sjc_core.devices import resolve_device
 
     problems: list[str] = []
-    try:
-        device = resolve_device(recipe.settings.device)
-    except SjcError as exc:
-        problems.extend(exc.problems)
-        device = resolve_device("cpu")
+    device = recipe.settings.device  # the setting: preflights resolve it only if they need to
+    if device == "cuda":  # a card that is not there stops the run: say so now
+        from sjc_core.devices import resolve_device
+
+        try:
+            resolve_device(device)
+        except SjcError as exc:
+            problems.extend(exc.problems)
+            device = "cpu"
     ctx = BuildContext(device=device, base_dir=recipe.base_dir, seed=recipe.settings.seed)
     for where, choice in places:
         problems.extend(preflight_problems(choice.options, ctx, where, notes))

@@ -16,141 +16,30 @@ cell, so the same sizes give the same kind of encoding but not the same numbers.
 from __future__ import annotations
 
 import math
-from typing import Any, Literal
+from typing import Any
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from torch import nn
 
 from sjc_core.contracts import BuildContext
 from sjc_core.errors import SjcError
-from sjc_core.hookspecs import hookimpl
-from sjc_core.recipe import Float, Int
 from sjc_core.render import SampleBundle, VolumeWeights
 from sjc_plugins.fields.hash_encoding import HashEncoding, HashGridSpec
+from sjc_plugins.fields.hashgrid_options import (  # noqa: F401 (re-exported: the options live there)
+    CPU_DEFAULTS,
+    GPU_DEFAULTS,
+    Backend,
+    HashGridOptions,
+)
 from sjc_plugins.fields.voxel import (  # same activations, sizes, background as the voxel field
-    MAX_RAY_SAMPLES,
-    MAX_TEXTURE,
-    MIN_STEP_RATIO,
-    Activation,
     activate,
     background_lookup,
-    check_grid_size,
-    check_ray_samples,
     grid_xyz,
 )
 
-Backend = Literal["auto", "torch", "tinycudann"]
 
 SAMPLE_CHUNK = 1 << 15  # samples per chunk in render_foreground
-
-# Sizes chosen per device when an option is left unset. CPU: few levels and small tables,
-# because the pure-PyTorch encoder's cost grows with levels x 8 corners and table cache
-# misses. GPU: the instant-NGP sizes (16 levels of 2^19 entries, 16 -> 2048).
-CPU_DEFAULTS = {"levels": 8, "log2_table_size": 15, "max_resolution": 256}
-GPU_DEFAULTS = {"levels": 16, "log2_table_size": 19, "max_resolution": 2048}
-
-
-MAX_TABLE_FLOATS = 2**29  # levels x 2**log2_table_size x features_per_level: 2 GiB of float32 (about 8 with gradients and Adamax)
-MAX_RESOLUTION = 2**16
-
-
-class HashGridOptions(BaseModel):
-    """Options of the ``hashgrid`` field; unset sizes take the CPU or GPU defaults."""
-
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
-
-    # Shared with the voxel field: same names, same meaning (grid_size only sets the step).
-    grid_size: int | list[int] = Field(
-        100,
-        description="ray-marching resolution, one int or [x, y, z] (each 2..1024): step = "
-        "mean(2*box_half/size)*step_ratio, as for a voxel grid this size (there are no voxels here)",
-    )
-    box_half: Float = Field(1.0, gt=0, le=1000, description="the box is [-box_half, box_half]^3 (at most 1000)")
-    density_shift: Float = Field(
-        -1.0, ge=-1000, le=1000, description="sigma = softplus(raw + density_shift), as in the voxel field (-1000..1000)"
-    )
-    step_ratio: Float = Field(
-        0.5,
-        ge=MIN_STEP_RATIO,
-        le=100,
-        description=f"ray step as a fraction of the mean cell length of grid_size ({MIN_STEP_RATIO:g}..100; a ray "
-        f"may take at most {MAX_RAY_SAMPLES} samples)",
-    )
-    weight_threshold: Float = Field(
-        1e-4, ge=0, le=1, description="features are evaluated only where a sample's weight exceeds this (0..1)"
-    )
-    bg_texture_size: Int = Field(
-        4,
-        ge=0,
-        le=MAX_TEXTURE,
-        description=f"side of the spherical background texture (at most {MAX_TEXTURE}); 0 = no texture, zero background",
-    )
-    feature_activation: Activation = Field(
-        "auto", description="auto: identity for latent priors, 2*sigmoid-1 for pixel priors"
-    )
-    init_density: Float = Field(
-        0.0, ge=-1000, le=1000, description="initial raw density everywhere (the density head's output bias; -1000..1000)"
-    )
-    init_features: Float = Field(
-        1.0, ge=0, le=1000, description="std of the normal draw for the initial background (features start near 0)"
-    )
-    bg_lr: Float = Field(1e-4, ge=0, le=1000, description="learning rate of the background texture (at most 1000)")
-
-    # The hash grid itself.
-    backend: Backend = Field(
-        "auto", description="auto: tinycudann on CUDA when importable, else torch; or force one"
-    )
-    levels: Int | None = Field(None, ge=1, le=32, description="resolution levels L (default: 8 on CPU, 16 on CUDA)")
-    features_per_level: Int = Field(2, ge=1, le=8, description="features per level F")
-    log2_table_size: Int | None = Field(
-        None, ge=4, le=24, description="log2 of the entries per level T (default: 15 on CPU, 19 on CUDA)"
-    )
-    base_resolution: Int = Field(
-        16, ge=2, le=MAX_RESOLUTION, description=f"cells per axis of the coarsest level (at most {MAX_RESOLUTION})"
-    )
-    max_resolution: Int | None = Field(
-        None,
-        ge=2,
-        le=MAX_RESOLUTION,
-        description=f"cells per axis of the finest level (default: 256 on CPU, 2048 on CUDA; at most {MAX_RESOLUTION})",
-    )
-    hidden_dim: Int = Field(64, gt=0, le=4096, description="width of the shared MLP trunk (at most 4096)")
-    hidden_layers: Int = Field(
-        1, ge=0, le=64, description="hidden ReLU layers of the trunk (0: linear heads on the encoding; at most 64)"
-    )
-    mlp_lr_scale: Float = Field(
-        1.0, gt=0, le=1e6, description="learning rate of the MLP = lr * this (the table uses lr; at most 1e6)"
-    )
-
-    @field_validator("grid_size", mode="before")
-    @classmethod
-    def _three_sizes(cls, value: Any) -> int | list[int]:
-        return check_grid_size(value)
-
-    @model_validator(mode="after")
-    def _resolutions_ordered(self) -> "HashGridOptions":
-        if self.max_resolution is not None and self.max_resolution < self.base_resolution:
-            raise ValueError(
-                f"max_resolution: {self.max_resolution} is below base_resolution {self.base_resolution}"
-            )
-        check_ray_samples(self.grid_size, self.step_ratio)
-        levels = self.levels if self.levels is not None else GPU_DEFAULTS["levels"]
-        log2_t = self.log2_table_size if self.log2_table_size is not None else GPU_DEFAULTS["log2_table_size"]
-        floats = levels * 2**log2_t * self.features_per_level
-        if floats > MAX_TABLE_FLOATS:
-            raise ValueError(
-                f"log2_table_size: levels x 2**log2_table_size x features_per_level = {floats:,} table entries "
-                f"(at most {MAX_TABLE_FLOATS:,}; unset sizes count at their CUDA defaults)"
-            )
-        return self
-
-    def preflight(self, ctx: BuildContext) -> None:
-        """What building the field checks: a forced tinycudann backend must be importable, on CUDA."""
-        if self.backend == "tinycudann":
-            tcnn, why = _import_tcnn()
-            choose_backend(self.backend, torch.device(ctx.device), None if tcnn is not None else why)
 
 
 def resolve_spec(options: HashGridOptions, device: torch.device) -> HashGridSpec:
@@ -372,11 +261,3 @@ def build_hashgrid_field(options: HashGridOptions, ctx: BuildContext) -> HashGri
     return HashGridField(options, ctx)
 
 
-@hookimpl
-def register_fields(register) -> None:  # type: ignore[no-untyped-def]
-    register(
-        name="hashgrid",
-        factory=build_hashgrid_field,
-        description="Multi-resolution hash encoding + small MLPs (pure PyTorch; tiny-cuda-nn on CUDA)",
-        options=HashGridOptions,
-    )

@@ -19,28 +19,9 @@ import math
 from typing import Any
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 
 from sjc_core.contracts import BuildContext, RenderOutput
-from sjc_core.hookspecs import hookimpl
-from sjc_core.recipe import Float
-
-
-class CenterDepthOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
-
-    weight: Float = Field(
-        10.0, ge=0, le=1e9, description="lambda (the reference's depth_weight; its prompts use 10 to 100; at most 1e9)"
-    )
-    center_fraction: Float = Field(
-        50 / 64, gt=0, lt=1, description="side of the centre window as a fraction of the image (50 of 64 pixels)"
-    )
-    epsilon: Float = Field(
-        1e-3,
-        gt=0,
-        le=1,
-        description="below this depth gap -log is continued by its tangent line (keeps the loss finite; at most 1)",
-    )
+from sjc_plugins.losses.center_depth_options import CenterDepthOptions  # noqa: F401 (re-exported)
 
 
 def center_mask(height: int, width: int, fraction: float) -> torch.Tensor:
@@ -107,11 +88,3 @@ def build_center_depth(options: CenterDepthOptions, ctx: BuildContext) -> Center
     return CenterDepthLoss(options)
 
 
-@hookimpl
-def register_losses(register) -> None:  # type: ignore[no-untyped-def]
-    register(
-        name="center-depth",
-        factory=build_center_depth,
-        description="Keep the object centred: the depth map's centre should be nearer than its border",
-        options=CenterDepthOptions,
-    )

@@ -20,16 +20,19 @@ offload for small cards (text encoder and VAE on the CPU) and ``torch.compile``.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal
+from typing import Any
 
 import torch
-from pydantic import Field, field_validator
 
 from sjc_core.cameras import LABEL_PROMPTS
 from sjc_core.contracts import BuildContext, View
 from sjc_core.errors import SjcError
-from sjc_core.hookspecs import hookimpl
-from sjc_core.recipe import MAX_PATH_LENGTH, Flag, Float, PathText, Text
+from sjc_plugins.priors.stable_diffusion_options import (  # noqa: F401 (re-exported: the options live there)
+    DEFAULT_MODEL,
+    MAX_PROMPT,
+    SLICING_CHOICES,
+    StableDiffusionOptions,
+)
 from sjc_plugins.priors._sd_placement import (
     Placement,
     decoder_parts,
@@ -40,7 +43,6 @@ from sjc_plugins.priors._sd_placement import (
     use_sdpa_attention,
 )
 from sjc_plugins.priors._diffusion_common import (
-    HubOptions,
     VpLadder,
     batch_sigma,
     load_pretrained,
@@ -50,67 +52,7 @@ from sjc_plugins.priors._diffusion_common import (
     square_size,
 )
 
-DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
-MAX_PROMPT = 2000  # characters; CLIP reads the first 77 tokens of it
-MAX_SLICE = 1024  # heads per attention slice
 DECODE_CHUNK = 4  # latents decoded per VAE call; bounds the decoder's activation memory
-SLICING_CHOICES = (
-    "false, true or 'auto' (half the heads of each attention layer at a time), "
-    "'max' (one head at a time) or a number of heads per slice (1..1024)"
-)
-
-AttentionSlicing = bool | Literal["auto", "max"] | int
-
-
-class StableDiffusionOptions(HubOptions):
-    weight_probes: ClassVar[tuple[str, ...]] = ("unet/config.json",)
-
-    model: PathText = Field(
-        DEFAULT_MODEL, min_length=1, max_length=MAX_PATH_LENGTH, description="hub id or local diffusers Stable Diffusion folder"
-    )
-    prompt: Text = Field(
-        ..., min_length=1, max_length=MAX_PROMPT, description=f"text prompt of the object (at most {MAX_PROMPT} characters)"
-    )
-    negative_prompt: Text = Field(
-        "", max_length=MAX_PROMPT, description="prompt of the unconditional branch of guidance"
-    )
-    guidance_scale: Float = Field(
-        100.0, ge=1.0, le=1000.0, description="classifier-free guidance scale (1 = no guidance; at most 1000)"
-    )
-    view_prompts: Flag = Field(True, description="prefix the prompt with the camera's view ('front view of ...')")
-    attention_slicing: AttentionSlicing = Field(
-        False,
-        description=(
-            "sliced attention instead of SDPA, for GPUs without efficient SDPA kernels "
-            f"(slower; bounds attention memory): {SLICING_CHOICES}"
-        ),
-    )
-    vae_tiling: Flag = Field(
-        False,
-        description="decode pictures tile by tile (vae.enable_tiling): bounded memory for pictures larger than a tile",
-    )
-    cpu_offload: Flag = Field(
-        False, description="for small GPUs: only the UNet on the GPU; the text encoder and the VAE run on the CPU"
-    )
-    compile: Flag = Field(False, description="torch.compile the UNet: a warm-up of minutes, then faster steps")
-
-    @field_validator("attention_slicing", mode="before")
-    @classmethod
-    def _slicing_choice(cls, value: Any) -> Any:
-        """One error line for any bad value (a plain union would report one per member)."""
-        if isinstance(value, str):
-            text = value.strip().lower()
-            if text in ("true", "false"):  # as typed on the command line (--set)
-                return text == "true"
-            if text in ("auto", "max"):
-                return text
-            if text.isdigit():
-                value = int(text)
-        if isinstance(value, float) and value.is_integer():
-            value = int(value)
-        if isinstance(value, bool) or (isinstance(value, int) and 1 <= value <= MAX_SLICE):
-            return value
-        raise ValueError(f"expected {SLICING_CHOICES}")
 
 
 @dataclass(frozen=True)
@@ -341,11 +283,3 @@ def build_stable_diffusion(options: StableDiffusionOptions, ctx: BuildContext) -
     return assemble_stable_diffusion(unet, vae, text_encoder, tokenizer, scheduler, options, device)
 
 
-@hookimpl
-def register_priors(register) -> None:  # type: ignore[no-untyped-def]
-    register(
-        name="stable-diffusion",
-        factory=build_stable_diffusion,
-        description="Stable Diffusion (diffusers format, hub id or folder) as a text-conditioned latent prior",
-        options=StableDiffusionOptions,
-    )
