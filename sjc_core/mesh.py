@@ -7,6 +7,9 @@ the threshold is read off the renders: the median density at the points where ca
 from eight views around the object turn half opaque (SJC fields are soft, so no fixed
 level suits every run); ``ln 2 / voxel`` when no ray ends opaque.
 
+Long phases report through an optional ``progress(phase, done, total)`` callback (phases
+``sampling``, ``probe``, ``marching cubes``, ``colours``); this module prints nothing.
+
 Colours, two ways (``colors="auto"`` picks by the prior):
 
 - ``features`` (pixel priors, whose field features are colours in the prior's value
@@ -24,16 +27,27 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
 
 from sjc_core.errors import SjcError
 
+if TYPE_CHECKING:
+    from sjc_core.plugins import Registry
+
 COLOR_MODES: tuple[str, ...] = ("auto", "features", "views", "none")
 MeshFormat = Literal["ply", "obj", "glb"]
 FORMATS: tuple[str, ...] = ("ply", "obj", "glb")
+
+ProgressFn = Callable[[str, int, int], None]
+"""``progress(phase, done, total)``: ``done`` of ``total`` steps of ``phase`` are finished."""
+
+
+def _report(progress: ProgressFn | None, phase: str, done: int, total: int) -> None:
+    if progress is not None:
+        progress(phase, done, total)
 
 
 @dataclass
@@ -74,7 +88,12 @@ def default_threshold(voxel: float) -> float:
 
 @torch.no_grad()
 def surface_threshold(
-    field: Any, poses: list[np.ndarray], fov_deg: float = 60.0, size: int = 48, opaque: float = 0.9
+    field: Any,
+    poses: list[np.ndarray],
+    fov_deg: float = 60.0,
+    size: int = 48,
+    opaque: float = 0.9,
+    progress: ProgressFn | None = None,
 ) -> float | None:
     """The median density where camera rays turn half opaque, over the rays that end opaque.
 
@@ -91,12 +110,14 @@ def surface_threshold(
     K = intrinsics(fov_deg, size, size)
     aabb = torch.as_tensor(field.aabb, dtype=torch.float32, device=device)
     found = []
-    for c2w in poses:
+    _report(progress, "probe", 0, len(poses))
+    for index, c2w in enumerate(poses, 1):
         ro, rd = camera_rays(K, c2w, size, size)
         ro, rd = ro.to(device), rd.to(device)
         t_min, t_max = box_intersect(ro, rd, aabb)
         hit = t_max > t_min
         if not bool(hit.any()):
+            _report(progress, "probe", index, len(poses))
             continue
         ro, rd, t_min, t_max = ro[hit], rd[hit], t_min[hit], t_max[hit]
         k = int(math.ceil(float((t_max - t_min).max()) / step)) + 1
@@ -108,12 +129,15 @@ def surface_threshold(
         ends_opaque = depth[:, -1] > -math.log(1.0 - opaque)
         first = torch.argmax((depth >= math.log(2.0)).to(torch.int8), dim=1)
         found.append(sigma[torch.arange(len(first), device=device), first][ends_opaque])
+        _report(progress, "probe", index, len(poses))
     values = torch.cat(found) if found else torch.zeros(0)
     return float(values.median()) if values.numel() else None
 
 
 @torch.no_grad()
-def density_grid(field: Any, resolution: int | None = None, chunk: int = 1 << 16) -> DensityGrid:
+def density_grid(
+    field: Any, resolution: int | None = None, chunk: int = 1 << 16, progress: ProgressFn | None = None
+) -> DensityGrid:
     """Sample the field's density at voxel centres of a ``resolution``^3 lattice over its box.
 
     Without ``resolution`` a field with ``density_volume()`` gives its own grid (exact, no
@@ -122,12 +146,14 @@ def density_grid(field: Any, resolution: int | None = None, chunk: int = 1 << 16
     box = field_box(field)
     extent = box[1] - box[0]
     if resolution is None and callable(getattr(field, "density_volume", None)):
+        _report(progress, "sampling", 0, 1)
         sigma, aabb = field.density_volume()
         values = sigma.detach().float().cpu().numpy()
         values = values.reshape(values.shape[-3:])  # [Z, Y, X]
         values = np.ascontiguousarray(values.transpose(2, 1, 0))  # -> [X, Y, Z]
         box = torch.as_tensor(aabb).detach().double().cpu().numpy().reshape(2, 3)
         spacing = (box[1] - box[0]) / np.array(values.shape, dtype=np.float64)
+        _report(progress, "sampling", 1, 1)
         return DensityGrid(values=values, origin=box[0] + spacing / 2, spacing=spacing, box=box)
     n = int(resolution or 128)
     spacing = extent / n
@@ -135,9 +161,12 @@ def density_grid(field: Any, resolution: int | None = None, chunk: int = 1 << 16
     points = np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1).reshape(-1, 3)
     device = _field_device(field)
     out = np.empty(points.shape[0], dtype=np.float32)
-    for start in range(0, points.shape[0], chunk):
+    chunks = -(-points.shape[0] // chunk)
+    _report(progress, "sampling", 0, chunks)
+    for index, start in enumerate(range(0, points.shape[0], chunk), 1):
         batch = torch.as_tensor(points[start : start + chunk], dtype=torch.float32, device=device)
         out[start : start + batch.shape[0]] = field.density(batch).reshape(-1).float().cpu().numpy()
+        _report(progress, "sampling", index, chunks)
     return DensityGrid(values=out.reshape(n, n, n), origin=box[0] + spacing / 2, spacing=spacing, box=box)
 
 
@@ -232,18 +261,21 @@ def view_colors(
     K: np.ndarray,
     size: int,
     tolerance: float,
+    progress: ProgressFn | None = None,
 ) -> np.ndarray:
     """Average decoded colours of the views that see each vertex (see module docstring).
 
     ``render(c2w) -> (rgb [3, h, w] in [0, 1], depth [size, size])``: a decoded picture of
-    any size covering the same view as the ``size`` x ``size`` depth map.
+    any size covering the same view as the ``size`` x ``size`` depth map. ``progress`` hears
+    ``("colours", i, len(poses))`` after each view.
     """
     import torch.nn.functional as F
 
     total = np.zeros((len(vertices), 3))
     weight = np.zeros(len(vertices))
     homo = np.concatenate([vertices, np.ones((len(vertices), 1))], axis=1)
-    for c2w in poses:
+    _report(progress, "colours", 0, len(poses))
+    for index, c2w in enumerate(poses, 1):
         rgb, depth = render(c2w)
         cam = homo @ np.linalg.inv(c2w).T  # camera space, looking along -z
         proj = cam[:, :3] @ K.T
@@ -265,6 +297,7 @@ def view_colors(
         w = np.where(visible, facing**2, 0.0)
         total += w[:, None] * colour
         weight += w
+        _report(progress, "colours", index, len(poses))
     seen = weight > 0
     colors = np.full((len(vertices), 3), 0.5)
     colors[seen] = total[seen] / weight[seen, None]
@@ -277,19 +310,22 @@ def view_colors(
 
 
 def extract_mesh(field: Any, threshold: float | None = None, resolution: int | None = None,
-                 largest_only: bool = False, probe_radius: float = 1.5) -> MeshResult:
+                 largest_only: bool = False, probe_radius: float = 1.5,
+                 progress: ProgressFn | None = None) -> MeshResult:
     """Geometry only: sample, cut, orient (colours are added by the caller).
 
     Without ``threshold`` the level is :func:`surface_threshold` seen from eight cameras at
     ``probe_radius`` (falling back to ``ln 2 / voxel`` when no ray ends opaque).
     """
-    grid = density_grid(field, resolution)
+    grid = density_grid(field, resolution, progress=progress)
     level = threshold
     if level is None:
-        level = surface_threshold(field, color_views(probe_radius, 8))
+        level = surface_threshold(field, color_views(probe_radius, 8), progress=progress)
     if level is None:
         level = default_threshold(native_voxel(field, float(grid.spacing.mean())))
+    _report(progress, "marching cubes", 0, 1)
     vertices, faces, normals = marching_cubes(grid, float(level))
+    _report(progress, "marching cubes", 1, 1)
     if largest_only and len(faces):
         vertices, faces, used = keep_largest(vertices, faces)
         normals = normals[used]
@@ -357,29 +393,37 @@ def export_run_mesh(
     colors: str = "auto",
     views: int = 12,
     largest: bool = False,
+    progress: ProgressFn | None = None,
+    registry: Registry | None = None,
 ) -> str:
-    """Load a run's last checkpoint, extract, colour and write its mesh; returns a summary line."""
+    """Load a run's last checkpoint, extract, colour and write its mesh; returns a summary line.
+
+    ``registry``: the plugin registry to build the run's parts with (default: the process's,
+    :func:`sjc_core.plugins.default_registry`). ``progress``: see the module docstring.
+    """
     from sjc_core import engine
     from sjc_core.cameras import intrinsics
-    from sjc_core.commands.common import registry
+    from sjc_core.plugins import default_registry
 
     _require_mesh_packages()
     fmt = _resolve_format(fmt, out)
     if colors not in COLOR_MODES:
         raise SjcError(f"--colors: {colors!r} is not one of {', '.join(COLOR_MODES)}")
-    run = engine.load_run(Path(run_dir), registry())
+    run = engine.load_run(Path(run_dir), registry if registry is not None else default_registry())
     folder, parts, plan = run.folder, run.parts, run.plan
     parts.field.eval()
 
     result = extract_mesh(parts.field, threshold=threshold, resolution=resolution, largest_only=largest,
-                          probe_radius=plan.radius)
+                          probe_radius=plan.radius, progress=progress)
     value_range = getattr(parts.prior, "value_range", None)
     mode = ("features" if value_range is not None else "views") if colors == "auto" else colors
     voxel = native_voxel(parts.field, 0.02)
     if mode == "features":
         if value_range is None:
             raise SjcError("--colors features: this prior's field holds latents, not colours; use --colors views")
+        _report(progress, "colours", 0, 1)
         result.colors = feature_colors(parts.field, result.vertices, result.normals, value_range, inset=voxel / 2)
+        _report(progress, "colours", 1, 1)
     elif mode == "views":
         fov = run.recipe.settings.camera.test_fov
         result.colors = view_colors(
@@ -390,6 +434,7 @@ def export_run_mesh(
             intrinsics(fov, plan.render_size, plan.render_size),
             plan.render_size,
             tolerance=4 * voxel,
+            progress=progress,
         )
     target = out or folder.root / "mesh" / f"mesh.{fmt}"
     write_mesh(result, target, fmt)  # type: ignore[arg-type]

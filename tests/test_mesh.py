@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import math
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -166,6 +169,24 @@ def test_view_colors_project_vertices_into_the_right_pixels() -> None:
     assert (colors[left][:, 2] > 200).mean() > 0.98 and (colors[left][:, 0] < 55).mean() > 0.98
 
 
+def test_progress_reports_each_phase_step_by_step() -> None:
+    """``progress(phase, done, total)``: 0 when a phase starts, then every step (mesh.py prints nothing)."""
+    from sjc_core.cameras import intrinsics
+
+    calls: list[tuple[str, int, int]] = []
+    result = mesh.extract_mesh(HardBall(), resolution=48, progress=lambda *call: calls.append(call))
+    phases = list(dict.fromkeys(phase for phase, _, _ in calls))
+    assert phases == ["sampling", "probe", "marching cubes"]
+    for phase in phases:
+        steps = [(done, total) for name, done, total in calls if name == phase]
+        assert [done for done, _ in steps] == list(range(steps[0][1] + 1))
+    assert calls[-1] == ("marching cubes", 1, 1) and ("probe", 8, 8) in calls
+    colour_calls: list[tuple[str, int, int]] = []
+    mesh.view_colors(result.vertices, result.normals, _sphere_renderer(None, 16), mesh.color_views(1.5, 3),
+                     intrinsics(60.0, 16, 16), 16, tolerance=0.05, progress=lambda *call: colour_calls.append(call))
+    assert colour_calls == [("colours", done, 3) for done in range(4)]
+
+
 @pytest.mark.parametrize("fmt", ["ply", "obj", "glb"])
 def test_written_files_load_back_with_colours(tmp_path: Path, fmt: str) -> None:
     field = AnalyticField([((0.0, 0.0, 0.0), RADIUS)])
@@ -257,6 +278,11 @@ def test_export_mesh_of_a_known_ball(sphere_run: Path, run_sjc) -> None:
     assert code == 0, err
     path = sphere_run / "mesh" / "mesh.ply"
     assert f"wrote {path}" in out and "watertight" in out and "colours: features" in out and "(given)" in out
+    # progress on stderr, one line per phase (no probe: the threshold is given); stdout only the report
+    for line in ("export-mesh sampling [1/1] 100%", "export-mesh marching cubes [1/1] 100%",
+                 "export-mesh colours [1/1] 100%"):
+        assert line in err, err
+    assert "probe" not in err and "export-mesh" not in out and out.count("\n") == 1, out
     loaded = trimesh.load(path, force="mesh", process=False)
     assert loaded.is_watertight
     volume_error = loaded.volume / SPHERE_VOLUME - 1
@@ -283,6 +309,65 @@ def test_export_mesh_colours_from_decoded_views(sphere_run: Path, tmp_path: Path
     right, left = _sides(loaded)
     assert (right[:, 0] > 180).mean() > 0.95 and (right[:, 2] < 75).mean() > 0.95
     assert (left[:, 2] > 180).mean() > 0.95 and (left[:, 0] < 75).mean() > 0.95
+
+
+def test_export_mesh_progress_of_probe_and_decoded_views(sphere_run: Path, run_sjc, tmp_path: Path) -> None:
+    """Without --threshold the probe renders show progress, and colours count the decoded views one by one."""
+    target = tmp_path / "ball.ply"
+    code, out, err = run_sjc("export-mesh", str(sphere_run), "--colors", "views", "--views", "3", "--out", str(target))
+    assert code == 0, err
+    assert f"wrote {target}" in out and "(auto)" in out and "colours: views" in out
+    for line in ("export-mesh sampling [1/1]", *(f"export-mesh probe [{i}/8]" for i in range(1, 9)),
+                 "export-mesh marching cubes [1/1]", *(f"export-mesh colours [{i}/3]" for i in range(1, 4))):
+        assert line in err, err
+    assert err.index("sampling") < err.index("probe") < err.index("marching cubes") < err.index("colours")
+    assert "export-mesh" not in out and "it/s" not in out
+
+
+def _flat(text: str) -> str:
+    return re.sub(r"\s+", " ", text.replace("`", ""))
+
+
+def test_threshold_help_states_the_rule_the_code_and_readme_follow() -> None:
+    """``--threshold``'s help gives the render-probe default (with its fallback) in the README's words."""
+    import typer.main
+
+    from sjc_core.cli import build_app
+
+    command = typer.main.get_command(build_app()).commands["export-mesh"]  # type: ignore[attr-defined]
+    (option,) = [param for param in command.params if param.name == "threshold"]
+    help_text = _flat(option.help)
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    start = readme.index("**`sjc export-mesh RUN_DIR")
+    paragraph = _flat(readme[start : readme.index("```", start)])
+    for rule in ("median density where rays from eight views turn half opaque", "ln 2 / voxel if no ray ends opaque"):
+        assert rule in help_text, help_text
+        assert rule in paragraph, paragraph
+    assert "ln2/voxel: one voxel" not in help_text  # the old, wrong default
+    # the rule the help states is the one extract_mesh follows: eight probe views, then the fallback
+    calls: list[tuple[str, int, int]] = []
+    mesh.extract_mesh(HardBall(), resolution=32, progress=lambda *call: calls.append(call))
+    assert ("probe", 8, 8) in calls
+
+
+def test_mesh_module_does_not_import_the_commands(sphere_run: Path) -> None:
+    """The core's mesh export takes its registry from sjc_core.plugins, never from the CLI layer."""
+    script = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "import sjc_core.mesh\n"
+        "assert not any(m.startswith('sjc_core.commands') for m in sys.modules)\n"
+        "phases = []\n"
+        "sjc_core.mesh.export_run_mesh(Path(sys.argv[1]), threshold=10.0, out=Path(sys.argv[2]),\n"
+        "                              progress=lambda phase, done, total: phases.append(phase))\n"
+        "loaded = sorted(m for m in sys.modules if m.startswith('sjc_core.commands') or m == 'sjc_core.cli')\n"
+        "assert not loaded, loaded\n"
+        "assert phases and 'sampling' in phases and 'colours' in phases, phases\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script, str(sphere_run), str(sphere_run / "mesh" / "core.ply")],
+                          check=False, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == "" and proc.stderr == ""  # the core prints nothing itself
 
 
 def test_export_mesh_user_errors(sphere_run: Path, run_sjc, tmp_path: Path) -> None:

@@ -3,18 +3,44 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 
 NAME = "export-mesh"
+
+THRESHOLD_HELP = (
+    "density of the surface (default: the median density where rays from eight views turn half opaque; "
+    "ln 2 / voxel if no ray ends opaque)"
+)
+
+
+class _PhaseBars:
+    """``progress(phase, done, total)`` for :func:`sjc_core.mesh.export_run_mesh`: a line per phase on stderr."""
+
+    def __init__(self) -> None:
+        self.phase: str | None = None
+        self.bar: Any = None
+
+    def __call__(self, phase: str, done: int, total: int) -> None:
+        from sjc_core.progress import Progress
+
+        if phase != self.phase:
+            self.close()
+            self.phase, self.bar = phase, Progress(total, label=f"export-mesh {phase} ")
+        self.bar.update(done)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        self.phase, self.bar = None, None
 
 
 def command(
     run_dir: Annotated[Path, typer.Argument(help="a run folder written by `sjc run`")],
     threshold: Annotated[
         Optional[float],
-        typer.Option(help="density of the surface (default ln2/voxel: one voxel of it is half opaque)"),
+        typer.Option(help=THRESHOLD_HELP),
     ] = None,
     resolution: Annotated[
         Optional[int],
@@ -33,17 +59,24 @@ def command(
 ) -> None:
     """Extract the surface of a run's field with marching cubes and write it with vertex colours."""
     from sjc_core import engine
+    from sjc_core.commands.common import registry
     from sjc_core.mesh import export_run_mesh
 
-    with engine.using_run(run_dir, "sjc export-mesh"):  # not while a run trains there
-        report = export_run_mesh(
-            run_dir,
-            threshold=threshold,
-            resolution=resolution,
-            fmt=format_,
-            out=out,
-            colors=colors,
-            views=views,
-            largest=largest,
-        )
+    bars = _PhaseBars()  # progress on stderr; stdout gets only the report
+    try:
+        with engine.using_run(run_dir, "sjc export-mesh"):  # not while a run trains there
+            report = export_run_mesh(
+                run_dir,
+                threshold=threshold,
+                resolution=resolution,
+                fmt=format_,
+                out=out,
+                colors=colors,
+                views=views,
+                largest=largest,
+                progress=bars,
+                registry=registry(),
+            )
+    finally:
+        bars.close()
     typer.echo(report)
