@@ -2,6 +2,11 @@
 
 On a terminal it redraws one line; in logs and CI it prints a plain line every few
 percent, so captured output stays short.
+
+Kept over rich.progress (measured, rich 15): written to a file or pipe (batch logs, CI),
+rich prints nothing until the loop ends, then one line cut to 80 columns; this prints a
+line every 5% (21 a run). Import 0.7 ms against 23 ms (rich is not loaded otherwise);
+update 0.2 against 0.9 microseconds (10k updates).
 """
 
 from __future__ import annotations
