@@ -179,6 +179,32 @@ def test_nan_stops_run_and_keeps_last_good_checkpoint(tmp_path: Path) -> None:
     assert json.loads((run_dir / "status.json").read_text())["state"] == "failed"
 
 
+def test_non_finite_parameters_are_never_checkpointed(tmp_path: Path) -> None:
+    """Finite losses and gradients but an update that leaves Inf in the field (issue 14:
+    `--set lr=1e39 --set checkpoint_every=1` kept an all-inf checkpoint as the last good one):
+    the run stops at the next checkpoint with one line and the previous checkpoint stays."""
+    recipe = load_recipe(write_recipe(tmp_path, steps=8), load_registry())
+    parts = engine.build_components(recipe, torch.device("cpu"))
+    trainer_step = engine.Trainer.train_step
+
+    def overflowing_step(self):  # type: ignore[no-untyped-def]
+        result = trainer_step(self)
+        if self.step == 5:
+            with torch.no_grad():
+                self.parts.field.density_grid.view(-1)[0] = float("inf")
+        return result
+
+    run_dir = tmp_path / "inf"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(engine.Trainer, "train_step", overflowing_step)
+        with pytest.raises(engine.SjcError) as error:
+            engine.run(recipe, run_dir, parts=parts)
+    message = str(error.value)
+    assert "parameters became NaN or Inf by step 6" in message and "step 4" in message and "\n" not in message
+    snapshot = load_checkpoint(run_dir / "checkpoints" / "last.safetensors")
+    assert snapshot.step == 4 and all(torch.isfinite(t).all() for t in snapshot.field_state.values())
+
+
 def test_resume_without_run_is_a_clear_error(tmp_path: Path) -> None:
     recipe = write_recipe(tmp_path)
     result = sjc("run", str(recipe), "--resume", "--run-dir", str(tmp_path / "nowhere"))
