@@ -13,160 +13,74 @@ types below (:data:`Int`, :data:`Float`, :data:`Flag`, :data:`Text`, :data:`Line
 use them, and :func:`validate_recipe` re-checks any plugin's validated values for NaN,
 Inf and bool/number coercions, so a third-party model without them cannot let one through.
 
-:func:`check_ready` runs the checks ``sjc run`` would make when it builds the plugins
-(folders that must exist, extras that must be installed, weights that must be present),
-through each options model's optional ``preflight(ctx)`` method; ``sjc validate`` calls it.
+:func:`check_ready` (in :mod:`sjc_core.preflight`, re-exported here) runs the checks
+``sjc run`` would make when it builds the plugins (folders that must exist, extras that
+must be installed, weights that must be present), through each options model's optional
+``preflight(ctx)`` method; ``sjc validate`` calls it. The value types live in
+:mod:`sjc_core.values`.
 """
 
 from __future__ import annotations
 
-import difflib
-import math
 import sys
-import typing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 import pydantic
 from pydantic import (
-    AfterValidator,
-    AllowInfNan,
     BaseModel,
-    BeforeValidator,
-    ConfigDict,
-    StringConstraints,
     ValidationError,
     field_validator,
     model_validator,
 )
-from pydantic_core import PydanticCustomError
 
-from sjc_core.errors import SjcError, did_you_mean
+from sjc_core.errors import SjcError
 from sjc_core.plugins import SINGULAR, PluginInfo, Registry
+from sjc_core.recipe_errors import (  # noqa: F401
+    coercion_problems,
+    dotted_key,
+    format_errors,
+    shown_key,
+    suggest_key,
+    with_suggestion,
+)
+from sjc_core.values import (  # noqa: F401 (also re-exported: plugins import them from here)
+    error_line,
+    one_line,
+    ECHO_LIMIT,
+    Flag,
+    Float,
+    Int,
+    Line,
+    MAX_AZIMUTH,
+    MAX_DEPTH,
+    MAX_FPS,
+    MAX_LOSSES,
+    MAX_LR,
+    MAX_NAME_BYTES,
+    MAX_NAME_LENGTH,
+    MAX_N_NOISE,
+    MAX_PATH_LENGTH,
+    MAX_RADIUS,
+    MAX_RENDER_SIZE,
+    MAX_SEED,
+    MAX_SIGMA,
+    MAX_SPIRAL_ROUNDS,
+    MAX_STEPS,
+    MAX_TEST_FRAMES,
+    PathText,
+    STRICT_CONFIG,
+    Text,
+    _control_character,
+    bounded,
+    shorten,
+)
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
     import tomli as tomllib
-
-# ----------------------------------------------------------------------------- limits
-# Generous, but each one a machine can honour; every message that enforces one states it.
-MAX_STEPS = 10**7  # the sigma schedule is precomputed: 80 MB of float64 at the limit
-MAX_SEED = 2**63 - 1  # torch.manual_seed takes 64 bits; numpy any; 63 keeps it a signed int64 everywhere
-MAX_LR = 1e3
-MAX_RADIUS = 1e3
-MAX_RENDER_SIZE = 4096
-MAX_TEST_FRAMES = 10_000  # every turntable frame is held in memory until the video is written
-MAX_SPIRAL_ROUNDS = 1000
-MAX_FPS = 1000
-MAX_AZIMUTH = 720.0
-MAX_SIGMA = 1e6
-MAX_N_NOISE = 256
-MAX_LOSSES = 64
-MAX_NAME_LENGTH = 100  # characters; the run folder NAME-seedSEED must fit a 255-byte file name
-MAX_NAME_BYTES = 200
-MAX_PATH_LENGTH = 4096
-MAX_COMPONENT_BYTES = 255
-MAX_DEPTH = 32  # nesting of tables and arrays in a recipe
-ECHO_LIMIT = 60  # characters of a user's value repeated in an error line
-
-
-def shorten(value: Any, limit: int = ECHO_LIMIT) -> str:
-    """``repr(value)`` cut to ``limit`` characters with an ellipsis: values echoed in errors.
-
-    repr also escapes newlines and NULs, so an echoed value never breaks the one-line rule.
-    """
-    if isinstance(value, (str, bytes, list, tuple, dict)) and len(value) > 4 * limit:
-        value = value[: 4 * limit] if not isinstance(value, dict) else dict(list(value.items())[:limit])
-    try:
-        text = repr(value)
-    except ValueError:  # an integer too long for str()
-        text = f"<a whole number of {value.bit_length()} bits>"
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-# ----------------------------------------------------------------------------- value types
-
-
-def _whole_number(value: Any) -> Any:
-    if isinstance(value, bool):
-        raise PydanticCustomError("int_type", "Input should be a valid integer, not true or false")
-    return value
-
-
-def _real_number(value: Any) -> Any:
-    if isinstance(value, bool):
-        raise PydanticCustomError("float_type", "Input should be a valid number, not true or false")
-    return value
-
-
-def _flag(value: Any) -> Any:
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.strip().lower() in ("true", "false"):  # as typed after --set
-        return value.strip().lower() == "true"
-    raise PydanticCustomError("bool_type", "Input should be a valid boolean: true or false")
-
-
-def _control_character(value: str, allowed: str = "") -> str | None:
-    for char in value:
-        code = ord(char)
-        if (code < 32 or 127 <= code < 160) and char not in allowed:
-            return char
-    return None
-
-
-def _text(value: str) -> str:
-    bad = _control_character(value, allowed="\t\n\r")
-    if bad is not None:
-        raise PydanticCustomError("string_control", "must not contain the control character {char}", {"char": repr(bad)})
-    return value
-
-
-def _line(value: str) -> str:
-    bad = _control_character(value)
-    if bad is not None:
-        raise PydanticCustomError("string_control", "must not contain the control character {char}", {"char": repr(bad)})
-    return value
-
-
-def _path_text(value: str) -> str:
-    _line(value)
-    if not value.strip():
-        raise PydanticCustomError("string_blank", "must not be blank")
-    for part in Path(value).parts:
-        if len(part.encode("utf-8", "surrogatepass")) > MAX_COMPONENT_BYTES:
-            raise PydanticCustomError(
-                "path_component", "each folder or file name must be at most {limit} bytes", {"limit": MAX_COMPONENT_BYTES}
-            )
-    return value
-
-
-# Whole numbers: an int, a float without a fraction or digits typed after --set; never a bool.
-Int = Annotated[int, BeforeValidator(_whole_number)]
-# Real numbers: finite (no nan, inf, -inf) and never a bool.
-Float = Annotated[float, BeforeValidator(_real_number), AllowInfNan(False)]
-FiniteFloat = Float
-# Switches: true or false (or the words, as typed after --set); never a number.
-Flag = Annotated[bool, BeforeValidator(_flag)]
-# Free text (prompts): no control characters but tab and newline. Give max_length in Field.
-Text = Annotated[str, AfterValidator(_text)]
-# One line of text (ids, revisions): no control characters at all.
-Line = Annotated[str, AfterValidator(_line)]
-# A path: one line, each component a legal file name length. Give max_length in Field.
-PathText = Annotated[str, AfterValidator(_path_text)]
-
-
-def bounded(kind: Any, *, max_length: int, min_length: int = 0) -> Any:
-    """``kind`` (:data:`Text`, :data:`Line` or :data:`PathText`) with its length limits checked
-    first; use it where ``Field(max_length=...)`` cannot reach, e.g. inside ``X | None``."""
-    checks = typing.get_args(kind)[1:]
-    return Annotated[(str, StringConstraints(min_length=min_length, max_length=max_length), *checks)]
-
-
-# What every options model should say in its model_config (the core models do).
-STRICT_CONFIG = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 def _run_name(value: str) -> str:
@@ -402,7 +316,7 @@ def check_depth(data: Any, source: str, limit: int = MAX_DEPTH) -> None:
             parts = list(where)
             while len(parts) > 1 and parts[-1].isdigit():  # an array in an array...: name the key that holds it
                 parts.pop()
-            dotted = _dotted(tuple(parts[:8])) + (".…" if len(parts) > 8 else "")
+            dotted = dotted_key(tuple(parts[:8])) + (".…" if len(parts) > 8 else "")
             raise SjcError(f"{source}: {dotted}: tables or arrays nested more than {limit} levels deep")
         if isinstance(node, dict):
             stack.extend((value, (*where, str(key))) for key, value in node.items())
@@ -455,30 +369,23 @@ def apply_override(raw: dict[str, Any], assignment: str) -> None:
     parts = key.split(".")
     if len(parts) > MAX_DEPTH:
         raise SjcError(f"--set {shorten(key)}: more than {MAX_DEPTH} levels")
-    shown = _shown_key(key)
+    shown = shown_key(key)
     node: Any = raw
     for depth, part in enumerate(parts[:-1]):
         if isinstance(node, list):
-            node = _list_item(node, part, _shown_key(".".join(parts[: depth + 1])))
+            node = _list_item(node, part, shown_key(".".join(parts[: depth + 1])))
         else:
             child = node.get(part)
             if child is None:
                 child = [] if part == "losses" and depth == 0 else {}
                 node[part] = child
             if not isinstance(child, (dict, list)):
-                raise SjcError(f"--set {shown}: '{_shown_key('.'.join(parts[: depth + 1]))}' is a value, not a table")
+                raise SjcError(f"--set {shown}: '{shown_key('.'.join(parts[: depth + 1]))}' is a value, not a table")
             node = child
     last = parts[-1]
     if isinstance(node, list):
         raise SjcError(f"--set {shown}: name a key inside the loss, e.g. {shown}.weight=1")
     node[last] = parse_value(text.strip())
-
-
-def _shown_key(key: str) -> str:
-    """A dotted key as it may appear in an error line: printable and not too long."""
-    if len(key) <= ECHO_LIMIT and _control_character(key) is None:
-        return key
-    return shorten(key)
 
 
 def _list_item(items: list[Any], part: str, where: str) -> dict[str, Any]:
@@ -525,7 +432,7 @@ def validate_recipe(raw: dict[str, Any], registry: Registry, base_dir: Path, sou
 
     if problems:
         keys = known_keys(raw, registry, choices)
-        problems = [_with_suggestion(problem, keys) for problem in problems]
+        problems = [with_suggestion(problem, keys) for problem in problems]
     if problems or settings is None:
         raise SjcError(*(f"{source}: {p}" for p in problems))
     prior, field = choices.get("prior"), choices.get("field")
@@ -554,107 +461,13 @@ def _validate_plugin(
         problems.extend(format_errors(exc, info.options, prefix=f"{where}."))
         return None
     except (TypeError, ValueError, RecursionError) as exc:  # a plugin validator that raised something else
-        problems.append(f"{where}: invalid options: {_first_line(exc)}")
+        problems.append(f"{where}: invalid options: {error_line(exc)}")
         return None
     found = coercion_problems(options, validated, f"{where}.")
     if found:
         problems.extend(found)
         return None
     return PluginChoice(info=info, options=validated)
-
-
-def coercion_problems(raw: Any, model: BaseModel, prefix: str) -> list[str]:
-    """What a lax options model let through that no run can use, one line each.
-
-    The built-in models never get here (their value types refuse these); a plugin whose
-    model uses plain ``float``/``int``/``bool`` would otherwise turn ``true`` into 1, 1
-    into ``true``, or keep NaN and Inf.
-    """
-    found: list[str] = []
-
-    def walk(given: Any, kept: Any, where: str) -> None:
-        if isinstance(given, dict) and isinstance(kept, dict):
-            for key, value in given.items():
-                if key in kept:
-                    walk(value, kept[key], f"{where}.{key}" if where else str(key))
-        elif isinstance(given, (list, tuple)) and isinstance(kept, (list, tuple)) and len(given) == len(kept):
-            for index, (value, out) in enumerate(zip(given, kept)):
-                walk(value, out, f"{where}.{index}")
-        elif isinstance(given, bool) and isinstance(kept, (int, float)) and not isinstance(kept, bool):
-            found.append(f"{prefix}{where}: Input should be a valid number, not true or false (got {shorten(given)})")
-        elif isinstance(given, (int, float)) and not isinstance(given, bool) and isinstance(kept, bool):
-            found.append(f"{prefix}{where}: Input should be a valid boolean: true or false (got {shorten(given)})")
-        elif isinstance(kept, float) and not math.isfinite(kept):
-            found.append(f"{prefix}{where}: Input should be a finite number (got {shorten(given)})")
-
-    walk(raw, model.model_dump(mode="python"), "")
-    return found
-
-
-def format_errors(exc: ValidationError, model: type[BaseModel], prefix: str = "") -> list[str]:
-    """One line per pydantic error: dotted path, message, and a hint for unknown keys.
-
-    A model validator's message that starts with one of the model's fields (``"sigma_min:
-    ..."``) is reported at that field. Echoed values are cut to :data:`ECHO_LIMIT` characters.
-    """
-    lines = []
-    seen: set[str] = set()
-    for error in exc.errors(include_url=False):
-        loc = [_shown_key(str(part)) for part in error["loc"]]
-        kind = error["type"]
-        if kind == "extra_forbidden":
-            known = _fields_at(model, error["loc"][:-1])
-            path = _join(prefix, loc)
-            line = f"{path}: unknown key{did_you_mean(loc[-1], known)}"
-        elif kind == "missing":
-            line = f"{_join(prefix, loc)}: required key missing"
-        else:
-            message = error["msg"].removeprefix("Value error, ")
-            head, sep, rest = message.partition(": ")
-            if sep and head in _fields_at(model, error["loc"]):
-                loc, message = [*loc, head], rest
-            value = error.get("input")
-            got = f" (got {shorten(value)})" if isinstance(value, (str, int, float, bool)) and value is not None else ""
-            line = f"{_join(prefix, loc)}: {_one_line(message)}{got}"
-        if line not in seen:  # a union reports each member; once is enough
-            seen.add(line)
-            lines.append(line)
-    return lines
-
-
-def _join(prefix: str, loc: list[str]) -> str:
-    if loc:
-        return prefix + ".".join(loc)
-    return prefix.rstrip(".") or "recipe"
-
-
-def _one_line(message: str) -> str:
-    message = " ".join(message.split("\n"))
-    return message if len(message) <= 300 else message[:299] + "…"
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return _one_line(text.splitlines()[0])
-
-
-def _fields_at(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
-    """Field names of the (nested) model at ``loc``, for 'did you mean' hints."""
-    current: Any = model
-    for part in loc:
-        if not (isinstance(current, type) and issubclass(current, BaseModel)):
-            return []
-        info = current.model_fields.get(str(part))
-        if info is None:
-            return []
-        current = info.annotation
-    if isinstance(current, type) and issubclass(current, BaseModel):
-        return list(current.model_fields)
-    return []
-
-
-def _dotted(parts: tuple[str, ...]) -> str:
-    return ".".join(_shown_key(part) for part in parts)
 
 
 # ----------------------------------------------------------------------------- key hints
@@ -679,87 +492,4 @@ def known_keys(raw: dict[str, Any], registry: Registry, choices: dict[str, Plugi
     return keys
 
 
-def suggest_key(dotted: str, keys: list[str]) -> str | None:
-    """The valid dotted key nearest to ``dotted``: the same last part elsewhere first, then spelling."""
-    leaf = dotted.rsplit(".", 1)[-1]
-    same_leaf = [key for key in keys if key.rsplit(".", 1)[-1] == leaf and key != dotted]
-    if same_leaf:
-        return min(same_leaf, key=lambda key: (key.count("."), key))
-    close = difflib.get_close_matches(dotted, keys, n=1, cutoff=0.75)
-    return close[0] if close and close[0] != dotted else None
-
-
-def _with_suggestion(problem: str, keys: list[str]) -> str:
-    """An 'unknown key' line without a hint gets the nearest valid dotted key anywhere."""
-    path, sep, message = problem.partition(": ")
-    if sep and message == "unknown key":
-        suggestion = suggest_key(path, keys)
-        if suggestion:
-            return f"{path}: unknown key (did you mean '{suggestion}'?)"
-    return problem
-
-
-# ----------------------------------------------------------------------------- before a run
-
-
-def check_ready(recipe: Recipe) -> list[str]:
-    """Run the checks ``sjc run`` makes when it builds the plugins, without building them.
-
-    Every problem of :func:`ready_problems` becomes one line ``SOURCE: path: message`` of an
-    :class:`SjcError`; the notes (what this machine lacks but the recipe does not, such as
-    weights not downloaded yet) come back in the same form. Nothing is built or written.
-    """
-    notes: list[str] = []
-    problems = ready_problems(recipe, notes)
-    if problems:
-        raise SjcError(*(f"{recipe.source}: {problem}" for problem in problems))
-    return [f"{recipe.source}: {note}" for note in notes]
-
-
-def ready_problems(recipe: Recipe, notes: list[str] | None = None) -> list[str]:
-    """What would stop this recipe's run when it builds its plugins, one ``path: message`` each.
-
-    The device must exist, and each plugin's options model may define ``preflight(ctx)``:
-    cheap checks, the same ones its factory makes first, that raise :class:`SjcError` for
-    problems (a folder that does not exist or holds no images, an extra not installed) and
-    may return notes (lines about this machine rather than the recipe, e.g. weights that
-    are not in the local cache yet), which are added to ``notes``.
-    """
-    places = [("prior", recipe.prior), ("field", recipe.field)]
-    places += [(f"losses.{index}", choice) for index, choice in enumerate(recipe.losses)]
-    places = [(where, choice) for where, choice in places if callable(getattr(choice.options, "preflight", None))]
-    if not places and recipe.settings.device != "cuda":
-        return []  # nothing to ask
-    from sjc_core.contracts import BuildContext
-
-    problems: list[str] = []
-    device = recipe.settings.device  # the setting: preflights resolve it only if they need to
-    if device == "cuda":  # a card that is not there stops the run: say so now
-        from sjc_core.devices import resolve_device
-
-        try:
-            resolve_device(device)
-        except SjcError as exc:
-            problems.extend(exc.problems)
-            device = "cpu"
-    ctx = BuildContext(device=device, base_dir=recipe.base_dir, seed=recipe.settings.seed)
-    for where, choice in places:
-        problems.extend(preflight_problems(choice.options, ctx, where, notes))
-    return problems
-
-
-def preflight_problems(options: BaseModel, ctx: Any, where: str, notes: list[str] | None = None) -> list[str]:
-    """The problems an options model's ``preflight(ctx)`` reports (none when it has none);
-    the notes it returns go to ``notes``."""
-    check = getattr(options, "preflight", None)
-    if not callable(check):
-        return []
-    try:
-        said = check(ctx)
-    except SjcError as exc:
-        return [_one_line(problem) for problem in exc.problems]
-    except Exception as exc:  # a plugin's check that crashed: still one line, naming the table
-        return [f"{where}: check failed: {type(exc).__name__}: {_first_line(exc)}"]
-    if notes is not None and isinstance(said, (list, tuple)):
-        notes.extend(_one_line(str(note)) for note in said)
-    return []
+from sjc_core.preflight import check_ready, preflight_problems, ready_problems  # noqa: E402,F401 (re-exported)
