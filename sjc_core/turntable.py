@@ -18,17 +18,29 @@ from sjc_core import artifacts
 from sjc_core.cameras import intrinsics, test_path
 from sjc_core.contracts import Prior
 from sjc_core.recipe import Recipe
-from sjc_core.render import render_view
+from sjc_core.render import BACKGROUND_DEPTH, render_view
 
 if TYPE_CHECKING:
     from sjc_core.trainer import CameraPlan, Components
+
+
+def object_depth_range(depth: torch.Tensor) -> tuple[float | None, float | None]:
+    """Near and far of the object's own pixels (those mostly opaque: nearer than half the
+    background's depth), so the depth panel shows the object's shape rather than one flat
+    silhouette against the far background; (None, None) when nothing is that near."""
+    values = depth.detach().float().reshape(-1)
+    near_enough = values[values < BACKGROUND_DEPTH / 2]
+    if near_enough.numel() < 2:
+        return None, None
+    near, far = float(near_enough.min()), float(near_enough.max())
+    return (near, far) if far > near else (None, None)
 
 
 def view_picture(prior: Prior, scored: torch.Tensor, depth: torch.Tensor, height: int = 256) -> np.ndarray:
     """The prior's picture beside the depth map, enlarged for viewing."""
     with torch.no_grad():
         rgb = artifacts.to_uint8(prior.to_rgb(scored)[0])
-    depth_rgb = artifacts.depth_to_rgb(depth)
+    depth_rgb = artifacts.depth_to_rgb(depth, *object_depth_range(depth))
     pane = artifacts.side_by_side(rgb, depth_rgb)
     factor = max(1, height // pane.shape[0])
     return artifacts.upscale(pane, factor)

@@ -92,3 +92,22 @@ def test_append_keeps_whole_lines_when_the_disk_is_full(tmp_path):
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == f"{path}: cannot write (File too large)"
     assert path.read_text() == '{"step": 1, "pad": "' + "x" * 40 + '"}\n'  # the cut-off second record is gone
+
+
+def test_depth_panel_spans_the_object_not_the_background():
+    """A view's depth panel is scaled over the object's own depth range (issue 15): the
+    object's near and far pixels come out bright and dark, the background darkest."""
+    import pytest
+    import torch
+
+    from sjc_core import artifacts
+    from sjc_core.turntable import object_depth_range
+
+    depth = torch.full((8, 8), 10.0)  # background
+    depth[2:6, 2:6] = torch.linspace(1.4, 1.6, 16).reshape(4, 4)  # the object
+    near, far = object_depth_range(depth)
+    assert (near, far) == pytest.approx((1.4, 1.6))
+    picture = artifacts.depth_to_rgb(depth, near, far)[..., 0].astype(int)
+    assert picture[2, 2] >= 250 and picture[5, 5] <= 5  # the object's own range spans the grey scale
+    assert picture[0, 0] == 0  # background beyond the object: dark
+    assert object_depth_range(torch.full((4, 4), 10.0)) == (None, None)  # nothing near: global scaling
