@@ -265,7 +265,7 @@ def _train(trainer: Trainer, folder: RunFolder, found: FolderState, stream: Text
             terms = result.terms
             bar.update(step, _status_text(result, parts.prior))
             if wants_view:
-                picture = view_picture(parts.prior, result.scored, result.depth)
+                picture = view_picture(parts.prior, result.scored, result.depth, result.opacity)
                 artifacts.write_image(folder.views / f"step_{step:06d}.png", picture)
             if wants_checkpoint:
                 if not parameters_finite(parts.field):  # never keep a bad state as "the last good one"

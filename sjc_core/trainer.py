@@ -78,6 +78,7 @@ class StepResult:
     values: torch.Tensor
     seconds: dict[str, float]
     depth: torch.Tensor  # the render's depth map [H, W], detached (pictures)
+    opacity: torch.Tensor  # the render's opacity [H, W], detached (pictures)
     scored: torch.Tensor  # the picture the prior scored [1, C, h, w], detached
     terms: dict[str, float] = field(default_factory=dict)
 
@@ -192,7 +193,10 @@ class Trainer:
             "optimizer": done - after_backward,
         }
         names = (*terms, PAAS_TERM)
-        return StepResult(self.step, sigma, view.label, names, values, seconds, render.depth.detach(), scored.detach())
+        return StepResult(
+            self.step, sigma, view.label, names, values, seconds,
+            render.depth.detach(), render.opacity.detach(), scored.detach(),
+        )
 
     @staticmethod
     def fetch(results: list[StepResult]) -> None:

@@ -24,10 +24,32 @@ if TYPE_CHECKING:
     from sjc_core.trainer import CameraPlan, Components
 
 
+def depth_panel(depth: torch.Tensor, opacity: torch.Tensor | None = None) -> np.ndarray:
+    """The depth map as a grey picture of the object's shape: near bright, far dark.
+
+    A pixel's depth mixes its surface with the background at ``BACKGROUND_DEPTH``; with the
+    opacity, ``(depth - (1 - opacity) * BACKGROUND_DEPTH) / opacity`` recovers the surface's
+    own depth, the grey scale spans the object's depth range (2nd to 98th percentile of
+    pixels at least 10 % opaque) and transparent pixels fade to black. Without the opacity,
+    the range is that of the pixels nearer than half the background's depth.
+    """
+    d = depth.detach().float().cpu()
+    if opacity is None:
+        near, far = object_depth_range(d)
+        return artifacts.depth_to_rgb(d, near, far)
+    alpha = opacity.detach().float().cpu().clamp(0, 1)
+    seen = alpha >= 0.1
+    if int(seen.sum()) < 2:
+        return artifacts.depth_to_rgb(torch.zeros_like(d), 0.0, 1.0)  # nothing there: black
+    surface = (d - (1 - alpha) * BACKGROUND_DEPTH) / alpha.clamp(min=1e-6)
+    near, far = (float(torch.quantile(surface[seen], q)) for q in (0.02, 0.98))
+    shade = (1 - (surface - near) / max(far - near, 1e-6)).clamp(0, 1) * alpha * seen
+    return artifacts.to_uint8(shade.numpy())
+
+
 def object_depth_range(depth: torch.Tensor) -> tuple[float | None, float | None]:
-    """Near and far of the object's own pixels (those mostly opaque: nearer than half the
-    background's depth), so the depth panel shows the object's shape rather than one flat
-    silhouette against the far background; (None, None) when nothing is that near."""
+    """Near and far of the pixels nearer than half the background's depth (mostly opaque
+    ones), or (None, None) when fewer than two are."""
     values = depth.detach().float().reshape(-1)
     near_enough = values[values < BACKGROUND_DEPTH / 2]
     if near_enough.numel() < 2:
@@ -36,12 +58,13 @@ def object_depth_range(depth: torch.Tensor) -> tuple[float | None, float | None]
     return (near, far) if far > near else (None, None)
 
 
-def view_picture(prior: Prior, scored: torch.Tensor, depth: torch.Tensor, height: int = 256) -> np.ndarray:
-    """The prior's picture beside the depth map, enlarged for viewing."""
+def view_picture(
+    prior: Prior, scored: torch.Tensor, depth: torch.Tensor, opacity: torch.Tensor | None = None, height: int = 256
+) -> np.ndarray:
+    """The prior's picture beside the depth panel (:func:`depth_panel`), enlarged for viewing."""
     with torch.no_grad():
         rgb = artifacts.to_uint8(prior.to_rgb(scored)[0])
-    depth_rgb = artifacts.depth_to_rgb(depth, *object_depth_range(depth))
-    pane = artifacts.side_by_side(rgb, depth_rgb)
+    pane = artifacts.side_by_side(rgb, depth_panel(depth, opacity))
     factor = max(1, height // pane.shape[0])
     return artifacts.upscale(pane, factor)
 
@@ -70,7 +93,7 @@ def render_turntable(
             scored = render.image[None]
             if size != parts.prior.resolution:
                 scored = F.interpolate(scored, size=(parts.prior.resolution,) * 2, mode="bilinear", align_corners=False)
-            pictures.append(view_picture(parts.prior, scored, render.depth))
+            pictures.append(view_picture(parts.prior, scored, render.depth, render.opacity))
             if on_frame:
                 on_frame(index + 1, len(poses))
     parts.field.train()

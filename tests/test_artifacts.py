@@ -111,3 +111,23 @@ def test_depth_panel_spans_the_object_not_the_background():
     assert picture[2, 2] >= 250 and picture[5, 5] <= 5  # the object's own range spans the grey scale
     assert picture[0, 0] == 0  # background beyond the object: dark
     assert object_depth_range(torch.full((4, 4), 10.0)) == (None, None)  # nothing near: global scaling
+
+
+def test_depth_panel_recovers_the_surface_depth_of_half_transparent_pixels():
+    """With the opacity, a pixel's own surface depth is unmixed from the background's: a
+    half-opaque pixel at the object's near end is as bright as an opaque one there."""
+    import torch
+
+    from sjc_core.render import BACKGROUND_DEPTH
+    from sjc_core.turntable import depth_panel
+
+    surface = torch.full((8, 8), 2.0)
+    surface[:, 4:] = 3.0  # right half farther
+    opacity = torch.ones(8, 8)
+    opacity[0, 0] = 0.5  # a half-transparent pixel of the near half
+    opacity[7, 7] = 0.0  # nothing there
+    depth = opacity * surface + (1 - opacity) * BACKGROUND_DEPTH
+    panel = depth_panel(depth, opacity)[..., 0].astype(int)
+    assert panel[3, 1] == 255 and panel[3, 6] == 0  # near bright, far dark: the range is the object's
+    assert abs(panel[0, 0] - 128) <= 1  # near surface, faded by its opacity (not pushed to the far end)
+    assert panel[7, 7] == 0
