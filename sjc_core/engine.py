@@ -280,6 +280,8 @@ def _train(trainer: Trainer, folder: RunFolder, found: FolderState, stream: Text
 
         wall = time.perf_counter() - started
         if state == "interrupted":
+            if not parameters_finite(parts.field):
+                _stop_on_nan(folder, trainer.step, settings.steps, FloatingPointError(f"the field's parameters became NaN or Inf by step {trainer.step}"))
             _save(trainer, folder)
             kept = trainer.step
             status("interrupted")
