@@ -158,7 +158,7 @@ def make_tokenizer() -> tuple[Any, str]:
 
 def build_modules(tiny: bool, device: torch.device, seed: int = 0) -> dict[str, Any]:
     """Fresh random-weight modules in float32: UNet (built on ``device``), text encoder, VAE, scheduler."""
-    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from diffusers import DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
     import diffusers
@@ -186,18 +186,10 @@ def build_modules(tiny: bool, device: torch.device, seed: int = 0) -> dict[str, 
         )
     )
     latent = int(config["sample_size"])
-    vae = AutoencoderKL(  # tiny: it only decodes pictures, never in the step
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
-        block_out_channels=(16, 32),
-        layers_per_block=1,
-        latent_channels=4,
-        norm_num_groups=16,
-        sample_size=latent * 2,
-        scaling_factor=0.18215,
-    )
+    sys.path.insert(0, str(ROOT / "tests"))
+    from tiny_models import tiny_vae
+
+    vae = tiny_vae(latent)  # tiny: it only decodes pictures, never in the step
     tokenizer, tokenizer_kind = make_tokenizer()
     return {
         "unet": unet,

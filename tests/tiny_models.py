@@ -82,9 +82,27 @@ def _nonzero_output(module: torch.nn.Module, generator: torch.Generator) -> None
             param.data = torch.randn(param.shape, generator=generator) * 0.05
 
 
+def tiny_vae(latent_size: int):
+    """A two-block SD-style VAE (4 latent channels, SD's scaling factor), random weights."""
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+        block_out_channels=(16, 32),
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=16,
+        sample_size=latent_size * 2,
+        scaling_factor=0.18215,
+    )
+
+
 def build_sd_folder(folder: Path, prediction_type: str = "epsilon", seed: int = 0) -> Path:
     """A tiny Stable Diffusion folder; ``prediction_type`` 'epsilon' (PNDM, as SD 1.5) or 'v_prediction' (DDIM, as SD 2.x 768)."""
-    from diffusers import AutoencoderKL, DDIMScheduler, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers import DDIMScheduler, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
     torch.manual_seed(seed)
@@ -101,18 +119,7 @@ def build_sd_folder(folder: Path, prediction_type: str = "epsilon", seed: int = 
         attention_head_dim=8,
         norm_num_groups=16,
     )
-    vae = AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
-        block_out_channels=(16, 32),
-        layers_per_block=1,
-        latent_channels=4,
-        norm_num_groups=16,
-        sample_size=SD_LATENT_SIZE * 2,
-        scaling_factor=0.18215,
-    )
+    vae = tiny_vae(SD_LATENT_SIZE)
     vocab, _ = clip_vocab_and_merges()
     text_encoder = CLIPTextModel(
         CLIPTextConfig(
