@@ -253,23 +253,28 @@ def render_pictures(field: nn.Module, poses: list[np.ndarray], spec: DemoSpec) -
     return out
 
 
+def write_split(out: Path, split: str, pictures: list, poses: list, fov_deg: float) -> None:
+    """One split in the NeRF-synthetic layout: SPLIT/r_NNN.png and transforms_SPLIT.json;
+    pictures a smaller earlier run left behind are removed (no orphans)."""
+    frames = []
+    for index, (picture, pose) in enumerate(zip(pictures, poses)):
+        name = f"{split}/r_{index:03d}"
+        write_image(out / f"{name}.png", picture)
+        frames.append((f"./{name}", pose))
+    write_transforms(out / f"transforms_{split}.json", fov_deg, frames)
+    written = {out / split / f"r_{index:03d}.png" for index in range(len(poses))}
+    for stale in (out / split).glob("r_*.png"):
+        if stale not in written:
+            stale.unlink()
+
+
 def make_demo(out: Path, spec: DemoSpec = DemoSpec(), log=None) -> Path:
     """Render and write the train and test splits (PNG + transforms_*.json) and a README."""
     torch.manual_seed(spec.seed)
     field = SnowmanField(step_size=spec.step_size)
     for split, poses in (("train", train_poses(spec)), ("test", test_poses(spec))):
         began = time.perf_counter()
-        pictures = render_pictures(field, poses, spec)
-        frames = []
-        for index, (picture, pose) in enumerate(zip(pictures, poses)):
-            name = f"{split}/r_{index:03d}"
-            write_image(out / f"{name}.png", picture)
-            frames.append((f"./{name}", pose))
-        write_transforms(out / f"transforms_{split}.json", spec.fov_deg, frames)
-        written = {out / split / f"r_{index:03d}.png" for index in range(len(poses))}
-        for stale in (out / split).glob("r_*.png"):  # a smaller re-run leaves no orphans behind
-            if stale not in written:
-                stale.unlink()
+        write_split(out, split, render_pictures(field, poses, spec), poses, spec.fov_deg)
         if log:
             log(f"{split}: {len(poses)} views in {time.perf_counter() - began:.1f} s")
     write_text(out / "README.md", _readme(spec))
