@@ -72,6 +72,7 @@ class FitSettings:
     video_frames: int = 60
     fps: int = 20
     log_every: int = 50
+    eval_every: int = 250  # held-out PSNR during training every N steps (0: only at the end)
     device: str = "cpu"
     field_name: str = "voxel"
     field_options: dict[str, Any] = field(default_factory=dict)
@@ -358,6 +359,8 @@ def _train_and_write(
     progress = Progress(settings.steps, label="fit ")
     began = time.perf_counter()
     running = None
+    curve: list[tuple[int, float]] = []  # (step, held-out PSNR) during training
+    held_text = ""
     for step in range(1, settings.steps + 1):
         decay = settings.lr_final_ratio ** ((step - 1) / max(settings.steps - 1, 1))
         for group, base in zip(optimizer.param_groups, base_lrs):
@@ -373,9 +376,15 @@ def _train_and_write(
         optimizer.step()
         mse01 = loss.item() / 4.0  # the same error measured on pictures in [0, 1]
         running = mse01 if running is None else 0.9 * running + 0.1 * mse01
-        if step % settings.log_every == 0 or step == settings.steps:
-            artifacts.append_jsonl(log_path, {"step": step, "mse": mse01, "psnr": psnr(mse01), "lr": settings.lr * decay})
-        progress.update(step, f"loss {mse01:.5f} | train psnr ~{psnr(running):.2f} dB")
+        record: dict[str, Any] = {"step": step, "mse": mse01, "psnr": psnr(mse01), "lr": settings.lr * decay}
+        if splits.heldout is not None and settings.eval_every > 0 and step % settings.eval_every == 0:
+            held_now = evaluate(field_module, splits.heldout, 1, near, None)["psnr"]
+            curve.append((step, held_now))
+            record["psnr_heldout"] = held_now
+            held_text = f" | held-out {held_now:.2f} dB (best {max(v for _, v in curve):.2f})"
+        if step % settings.log_every == 0 or step == settings.steps or "psnr_heldout" in record:
+            artifacts.append_jsonl(log_path, record)
+        progress.update(step, f"loss {mse01:.5f} | train psnr ~{psnr(running):.2f} dB{held_text}")
     progress.close()
     train_seconds = time.perf_counter() - began
 
@@ -400,6 +409,13 @@ def _train_and_write(
             heldout_views=len(splits.heldout),
             baseline_psnr_mean_colour=baseline_psnr(train, splits.heldout),
         )
+        if curve:  # the held-out curve during training (renders at subpixel 1), and its best point
+            best_step, best = max(curve, key=lambda point: point[1])
+            metrics.update(
+                psnr_heldout_curve=[[point_step, round(value, 3)] for point_step, value in curve],
+                psnr_heldout_best=round(best, 3),
+                psnr_heldout_best_step=best_step,
+            )
         log(
             f"held-out PSNR {held['psnr']:.2f} dB over {len(splits.heldout)} views "
             f"(mean-colour baseline {metrics['baseline_psnr_mean_colour']:.2f} dB); train PSNR {metrics['psnr_train']:.2f} dB"

@@ -258,3 +258,21 @@ def test_fit_full_disk_is_one_line(small_scene, tmp_path, monkeypatch, capsys):
     assert code == 2 and len(lines) == 1 and "Traceback" not in err, err
     assert lines[0].startswith(f"error: {out / 'heldout'}/") and lines[0].endswith("cannot write (No space left on device)")
     assert not [p for p in out.rglob(".sjc-tmp.*")]
+
+
+def test_held_out_psnr_is_shown_logged_and_its_best_point_kept(small_scene, tmp_path, monkeypatch, capsys):
+    """Issue 15: the fit prints the held-out PSNR as it goes; the curve and its best point
+    are in metrics.json, each evaluation in train_log.jsonl."""
+    out = tmp_path / "fit"
+    code, _, err = _tiny_fit(monkeypatch, capsys, small_scene, out, "--steps", "30", "--eval-every", "10")
+    assert code == 0, err
+    assert "held-out" in err and "best" in err
+    metrics = json.loads((out / "metrics.json").read_text())
+    curve = metrics["psnr_heldout_curve"]
+    assert [step for step, _ in curve] == [10, 20, 30]
+    assert metrics["psnr_heldout_best"] == max(value for _, value in curve)
+    assert metrics["psnr_heldout_best_step"] in (10, 20, 30)
+    logged = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in logged if "psnr_heldout" in r] == [10, 20, 30]
+    # the last point of the curve is the final model, measured like the final figure
+    assert abs(curve[-1][1] - metrics["psnr_heldout"]) < 1e-3

@@ -37,6 +37,9 @@ def command(
     batch_rays: Annotated[int, typer.Option(help="rays per step, drawn from all training pictures")] = 4096,
     optimizer: Annotated[str, typer.Option(help="adam or adamax")] = "adam",
     video_frames: Annotated[int, typer.Option(help="frames of the turntable video (0: none)")] = 60,
+    eval_every: Annotated[
+        int, typer.Option(help="held-out PSNR during training every N steps, shown and logged (0: only at the end)")
+    ] = 250,
     device: Annotated[str, typer.Option(help="cpu, cuda or auto")] = "cpu",
     set_: Annotated[
         Optional[list[str]],
@@ -66,6 +69,7 @@ def command(
         seed=_non_negative("--seed", seed),
         subpixel=_positive("--subpixel", subpixel),
         video_frames=_non_negative("--video-frames", video_frames),
+        eval_every=_non_negative("--eval-every", eval_every),
         device=_choice("--device", device, ("cpu", "cuda", "auto")),
         field_options=field_options,
     )
