@@ -106,29 +106,13 @@ def log(message: str) -> None:
 # --------------------------------------------------------------------------- models
 
 
-def tiny_sizes() -> tuple[int, int]:
-    sys.path.insert(0, str(ROOT / "tests"))
-    from tiny_models import SD_LATENT_SIZE, SD_TEXT_HIDDEN
-
-    return SD_LATENT_SIZE, SD_TEXT_HIDDEN
-
-
 def unet_config(tiny: bool) -> dict[str, Any]:
     if not tiny:
         return dict(SD15_UNET_CONFIG)
-    latent, hidden = tiny_sizes()
-    return dict(  # tests/tiny_models.py's tiny SD UNet
-        sample_size=latent,
-        in_channels=4,
-        out_channels=4,
-        block_out_channels=(32, 64),
-        layers_per_block=1,
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=hidden,
-        attention_head_dim=8,
-        norm_num_groups=16,
-    )
+    sys.path.insert(0, str(ROOT / "tests"))
+    from tiny_models import TINY_SD_UNET
+
+    return dict(TINY_SD_UNET)
 
 
 class _HashTokenizer:

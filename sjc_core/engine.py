@@ -268,9 +268,7 @@ def _train(trainer: Trainer, folder: RunFolder, found: FolderState, stream: Text
                 picture = view_picture(parts.prior, result.scored, result.depth, result.opacity)
                 artifacts.write_image(folder.views / f"step_{step:06d}.png", picture)
             if wants_checkpoint:
-                if not parameters_finite(parts.field):  # never keep a bad state as "the last good one"
-                    _stop_on_nan(folder, step, settings.steps, FloatingPointError(f"the field's parameters became NaN or Inf by step {step}"))
-                _save(trainer, folder)
+                _save_checked(trainer, folder)
                 kept = trainer.step
             status("running", pid=os.getpid())  # cheap, and what a crash leaves behind
             if stop.raised:
@@ -280,9 +278,7 @@ def _train(trainer: Trainer, folder: RunFolder, found: FolderState, stream: Text
 
         wall = time.perf_counter() - started
         if state == "interrupted":
-            if not parameters_finite(parts.field):
-                _stop_on_nan(folder, trainer.step, settings.steps, FloatingPointError(f"the field's parameters became NaN or Inf by step {trainer.step}"))
-            _save(trainer, folder)
+            _save_checked(trainer, folder)
             kept = trainer.step
             status("interrupted")
             print(f"interrupted at step {trainer.step}; checkpoint written. Continue with: {hint}", file=stream)
@@ -328,6 +324,15 @@ def _remove_stale_temps(root: Path, stream: TextIO) -> None:
     if count:
         print(f"sjc: note: removed {count} temporary file{'s' if count > 1 else ''} ({size / 1e6:.1f} MB) "
               f"left in {root} by a process that was killed", file=stream)
+
+
+def _save_checked(trainer: Trainer, folder: RunFolder) -> None:
+    """Write the checkpoint, unless a parameter is NaN or Inf: never keep a bad state as
+    "the last good one" (the run stops with one line instead)."""
+    if not parameters_finite(trainer.parts.field):
+        error = FloatingPointError(f"the field's parameters became NaN or Inf by step {trainer.step}")
+        _stop_on_nan(folder, trainer.step, trainer.recipe.settings.steps, error)
+    _save(trainer, folder)
 
 
 def _stop_on_nan(folder: RunFolder, step: int, steps: int, exc: FloatingPointError) -> None:

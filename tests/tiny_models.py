@@ -82,6 +82,21 @@ def _nonzero_output(module: torch.nn.Module, generator: torch.Generator) -> None
             param.data = torch.randn(param.shape, generator=generator) * 0.05
 
 
+# The tiny SD UNet's configuration (also what benchmarks/gpu_step.py --tiny builds).
+TINY_SD_UNET = dict(
+    sample_size=SD_LATENT_SIZE,
+    in_channels=4,
+    out_channels=4,
+    block_out_channels=(32, 64),
+    layers_per_block=1,
+    down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+    cross_attention_dim=SD_TEXT_HIDDEN,
+    attention_head_dim=8,
+    norm_num_groups=16,
+)
+
+
 def tiny_vae(latent_size: int):
     """A two-block SD-style VAE (4 latent channels, SD's scaling factor), random weights."""
     from diffusers import AutoencoderKL
@@ -107,18 +122,7 @@ def build_sd_folder(folder: Path, prediction_type: str = "epsilon", seed: int = 
 
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
-    unet = UNet2DConditionModel(
-        sample_size=SD_LATENT_SIZE,
-        in_channels=4,
-        out_channels=4,
-        block_out_channels=(32, 64),
-        layers_per_block=1,
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=SD_TEXT_HIDDEN,
-        attention_head_dim=8,
-        norm_num_groups=16,
-    )
+    unet = UNet2DConditionModel(**TINY_SD_UNET)
     vae = tiny_vae(SD_LATENT_SIZE)
     vocab, _ = clip_vocab_and_merges()
     text_encoder = CLIPTextModel(
