@@ -5,6 +5,12 @@ numpy generator state) goes in its string metadata as JSON, so a checkpoint is o
 that either exists whole or not at all. A checkpoint that cannot be read, has damaged
 metadata or does not fit the field it is loaded into (another grid size, another field) is
 a one-line :class:`SjcError` naming the file and the mismatch.
+
+``run_info`` (optional, in the metadata) records what rebuilding the field needs from the
+prior (its ``channels`` and ``value_range``) and the camera ``radius`` the run trained at,
+so tools that only read the geometry (``sjc export-mesh``) need not build the prior: for
+Stable Diffusion that is gigabytes of weights. Checkpoints written before it have none;
+readers then fall back to building the prior.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from sjc_core.errors import SjcError
 
 FIELD_PREFIX = "field."
 OPTIM_PREFIX = "optim."
+RUN_INFO_KEY = "run_info"
 
 
 @dataclass
@@ -38,6 +45,39 @@ class Snapshot:
     numpy_state: dict[str, Any] | None
     torch_state: torch.Tensor | None
     extra: dict[str, Any]
+    run_info: dict[str, Any] | None = None  # see the module docstring; None in older checkpoints
+
+
+def describe_run(prior: Any, radius: float | None = None) -> dict[str, Any]:
+    """``run_info`` for :func:`save_checkpoint`: the prior's channels and value range, the camera radius."""
+    value_range = getattr(prior, "value_range", None)
+    info: dict[str, Any] = {
+        "channels": int(prior.channels),
+        "value_range": None if value_range is None else [float(value_range[0]), float(value_range[1])],
+    }
+    if radius is not None:
+        info["radius"] = float(radius)
+    return info
+
+
+def _check_run_info(info: Any) -> dict[str, Any]:
+    """The ``run_info`` table, checked (a ValueError names what is wrong)."""
+    if not isinstance(info, dict):
+        raise ValueError("expected a table")
+    channels = info.get("channels")
+    if isinstance(channels, bool) or not isinstance(channels, int) or channels < 1:
+        raise ValueError(f"channels {channels!r} is not a positive integer")
+    value_range = info.get("value_range")
+    if value_range is not None:
+        if not (isinstance(value_range, (list, tuple)) and len(value_range) == 2
+                and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value_range)
+                and value_range[0] < value_range[1]):
+            raise ValueError(f"value_range {value_range!r} is not [low, high]")
+        info = {**info, "value_range": (float(value_range[0]), float(value_range[1]))}
+    radius = info.get("radius")
+    if radius is not None and (isinstance(radius, bool) or not isinstance(radius, (int, float)) or radius <= 0):
+        raise ValueError(f"radius {radius!r} is not a positive number")
+    return info
 
 
 def save_checkpoint(
@@ -48,9 +88,12 @@ def save_checkpoint(
     numpy_rng: np.random.Generator | None = None,
     torch_rng: torch.Generator | None = None,
     extra: dict[str, Any] | None = None,
+    run_info: dict[str, Any] | None = None,
 ) -> Path:
     tensors = {FIELD_PREFIX + k: v.detach().cpu().contiguous() for k, v in field.state_dict().items()}
     meta: dict[str, str] = {"step": str(step), "extra": json.dumps(extra or {})}
+    if run_info is not None:
+        meta[RUN_INFO_KEY] = json.dumps(_check_run_info(run_info))
     if optimizer is not None:
         state = optimizer.state_dict()
         for index, slots in state["state"].items():
@@ -126,6 +169,8 @@ def load_checkpoint(path: Path) -> Snapshot:
         extra = json.loads(meta.get("extra", "{}"))
         if not isinstance(extra, dict):
             raise ValueError("expected a table")
+        key = RUN_INFO_KEY
+        run_info = _check_run_info(json.loads(meta[RUN_INFO_KEY])) if RUN_INFO_KEY in meta else None
     except (ValueError, TypeError) as exc:
         raise SjcError(f"{path}: damaged checkpoint metadata ({key}: {exc})") from None
     return Snapshot(
@@ -135,6 +180,7 @@ def load_checkpoint(path: Path) -> Snapshot:
         numpy_state=numpy_state,
         torch_state=tensors.get("rng.torch"),
         extra=extra,
+        run_info=run_info,
     )
 
 

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from sjc_core import artifacts, toml_out
-from sjc_core.checkpoint import load_checkpoint, load_field_state, read_checkpoint_step
+from sjc_core.checkpoint import Snapshot, load_checkpoint, load_field_state, read_checkpoint_step
 from sjc_core.contracts import Prior
 from sjc_core.devices import resolve_device
 from sjc_core.errors import SjcError
@@ -89,12 +89,9 @@ class LoadedRun:
     plan: CameraPlan
 
 
-def load_run(run_dir: Path, registry: Any) -> LoadedRun:
-    """Rebuild a run's prior and field from its folder and load its last checkpoint.
-
-    A checkpoint that cannot be read or does not fit the recipe's field is one line naming
-    it and the mismatch. Callers that write into the folder hold it with :func:`using_run`.
-    """
+def read_run(run_dir: Path, registry: Any) -> tuple[RunFolder, Recipe, Snapshot]:
+    """A run folder's recipe and last checkpoint, read and checked before any model is built
+    (a missing or damaged file is one line naming it)."""
     from sjc_core.recipe import load_recipe
 
     folder = RunFolder(Path(run_dir))
@@ -103,7 +100,16 @@ def load_run(run_dir: Path, registry: Any) -> LoadedRun:
     if not folder.checkpoint.exists():
         raise SjcError(f"{run_dir}: no checkpoint yet ({folder.checkpoint} is missing)")
     recipe = load_recipe(folder.recipe, registry, base_dir=folder.base_dir())
-    snapshot = load_checkpoint(folder.checkpoint)  # a damaged file is reported before any model is built
+    return folder, recipe, load_checkpoint(folder.checkpoint)
+
+
+def load_run(run_dir: Path, registry: Any) -> LoadedRun:
+    """Rebuild a run's prior and field from its folder and load its last checkpoint.
+
+    A checkpoint that cannot be read or does not fit the recipe's field is one line naming
+    it and the mismatch. Callers that write into the folder hold it with :func:`using_run`.
+    """
+    folder, recipe, snapshot = read_run(run_dir, registry)
     parts = build_components(recipe, resolve_device(recipe.settings.device))
     load_field_state(folder.checkpoint, parts.field, snapshot.field_state)
     return LoadedRun(folder, recipe, parts, snapshot.step, camera_plan(recipe, parts.prior))

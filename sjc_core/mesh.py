@@ -1,4 +1,4 @@
-"""Surface meshes from a radiance field: marching cubes on its density, coloured vertices.
+"""Surface meshes from a radiance field: marching cubes on its density (geometry only).
 
 Geometry: the density is sampled on a regular lattice over the field's box (the voxel
 field's own grid when it has one), padded with one layer of empty space so every surface
@@ -8,17 +8,13 @@ from eight views around the object turn half opaque (SJC fields are soft, so no 
 level suits every run); ``ln 2 / voxel`` when no ray ends opaque.
 
 Long phases report through an optional ``progress(phase, done, total)`` callback (phases
-``sampling``, ``probe``, ``marching cubes``, ``colours``); this module prints nothing.
+``sampling``, ``probe``, ``marching cubes``); this module prints nothing.
 
-Colours, two ways (``colors="auto"`` picks by the prior):
-
-- ``features`` (pixel priors, whose field features are colours in the prior's value
-  range): the field's features half a voxel inside the surface, mapped to [0, 1].
-- ``views`` (latent priors such as Stable Diffusion, where a 4-channel latent has no
-  colour of its own): render a ring of views, decode each with the prior, project every
-  vertex into every view and average the decoded colour over the views that see it
-  (depth test against the rendered depth, weighted by how squarely the view faces the
-  surface). Vertices no view sees take the colour of the nearest vertex that was seen.
+The rest of the export lives beside it, one job a module: :mod:`sjc_core.mesh_colors`
+(vertex colours from the field or from decoded views), :mod:`sjc_core.mesh_cleanup`
+(smoothing, decimation), :mod:`sjc_core.uv_bake` and :mod:`sjc_core.texture` (UV atlas and
+baked texture), :mod:`sjc_core.mesh_export` (``sjc export-mesh`` on a run folder). The
+names they had here (``feature_colors``, ``view_colors``, ``export_run_mesh``) still work.
 """
 
 from __future__ import annotations
@@ -27,15 +23,13 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
 
 from sjc_core.errors import SjcError
-
-if TYPE_CHECKING:
-    from sjc_core.plugins import Registry
+from sjc_core.mesh_colors import field_device
 
 COLOR_MODES: tuple[str, ...] = ("auto", "features", "views", "none")
 MeshFormat = Literal["ply", "obj", "glb"]
@@ -43,6 +37,22 @@ FORMATS: tuple[str, ...] = ("ply", "obj", "glb")
 
 ProgressFn = Callable[[str, int, int], None]
 """``progress(phase, done, total)``: ``done`` of ``total`` steps of ``phase`` are finished."""
+
+
+# moved to their own modules; imported on first use (mesh_export imports this module, so not at the top)
+_MOVED = {
+    "feature_colors": "sjc_core.mesh_colors",
+    "view_colors": "sjc_core.mesh_colors",
+    "export_run_mesh": "sjc_core.mesh_export",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _MOVED:
+        import importlib
+
+        return getattr(importlib.import_module(_MOVED[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _report(progress: ProgressFn | None, phase: str, done: int, total: int) -> None:
@@ -105,7 +115,7 @@ def surface_threshold(
     from sjc_core.cameras import intrinsics
     from sjc_core.render import box_intersect, camera_rays
 
-    device = _field_device(field)
+    device = field_device(field)
     step = float(field.step_size)
     K = intrinsics(fov_deg, size, size)
     aabb = torch.as_tensor(field.aabb, dtype=torch.float32, device=device)
@@ -159,7 +169,7 @@ def density_grid(
     spacing = extent / n
     axes = [box[0, a] + (np.arange(n) + 0.5) * spacing[a] for a in range(3)]
     points = np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1).reshape(-1, 3)
-    device = _field_device(field)
+    device = field_device(field)
     out = np.empty(points.shape[0], dtype=np.float32)
     chunks = -(-points.shape[0] // chunk)
     _report(progress, "sampling", 0, chunks)
@@ -213,27 +223,6 @@ def keep_largest(vertices: np.ndarray, faces: np.ndarray) -> tuple[np.ndarray, n
     return vertices[used], remap[kept_faces], used
 
 
-def _field_device(field: Any) -> torch.device:
-    for tensor in list(field.parameters()) + list(field.buffers()) if isinstance(field, torch.nn.Module) else []:
-        return tensor.device
-    return torch.device("cpu")
-
-
-@torch.no_grad()
-def feature_colors(field: Any, vertices: np.ndarray, normals: np.ndarray, value_range: tuple[float, float],
-                   inset: float, chunk: int = 1 << 16) -> np.ndarray:
-    """Field features just inside the surface, mapped from ``value_range`` to uint8 colours."""
-    low, high = value_range
-    device = _field_device(field)
-    points = vertices - inset * normals
-    colors = []
-    for start in range(0, len(points), chunk):
-        batch = torch.as_tensor(points[start : start + chunk], dtype=torch.float32, device=device)
-        colors.append(field.features(batch)[:, :3].float().cpu().numpy())
-    rgb = (np.concatenate(colors) - low) / (high - low) if colors else np.zeros((0, 3))
-    return (np.clip(rgb, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
-
-
 def color_views(radius: float, count: int) -> list[np.ndarray]:
     """``count`` cameras around the object: two rings (15 and 50 degrees up) and one from above."""
     from sjc_core.cameras import look_at
@@ -250,63 +239,6 @@ def color_views(radius: float, count: int) -> list[np.ndarray]:
     if count > len(poses):
         poses.append(look_at(np.array([0.0, radius, 1e-3])))
     return poses[:count]
-
-
-@torch.no_grad()
-def view_colors(
-    vertices: np.ndarray,
-    normals: np.ndarray,
-    render: Callable[[np.ndarray], tuple[torch.Tensor, torch.Tensor]],
-    poses: list[np.ndarray],
-    K: np.ndarray,
-    size: int,
-    tolerance: float,
-    progress: ProgressFn | None = None,
-) -> np.ndarray:
-    """Average decoded colours of the views that see each vertex (see module docstring).
-
-    ``render(c2w) -> (rgb [3, h, w] in [0, 1], depth [size, size])``: a decoded picture of
-    any size covering the same view as the ``size`` x ``size`` depth map. ``progress`` hears
-    ``("colours", i, len(poses))`` after each view.
-    """
-    import torch.nn.functional as F
-
-    total = np.zeros((len(vertices), 3))
-    weight = np.zeros(len(vertices))
-    homo = np.concatenate([vertices, np.ones((len(vertices), 1))], axis=1)
-    _report(progress, "colours", 0, len(poses))
-    for index, c2w in enumerate(poses, 1):
-        rgb, depth = render(c2w)
-        cam = homo @ np.linalg.inv(c2w).T  # camera space, looking along -z
-        proj = cam[:, :3] @ K.T
-        in_front = proj[:, 2] > 1e-6
-        uv = proj[:, :2] / np.where(in_front, proj[:, 2], 1.0)[:, None]
-        # grid_sample coordinates (align_corners=False): pixel centre c -> (c + 0.5) / size * 2 - 1
-        grid = torch.as_tensor((uv + 0.5) / size * 2 - 1, dtype=torch.float32)[None, None]
-        seen_depth = F.grid_sample(depth[None, None].float().cpu(), grid, mode="bilinear", padding_mode="border",
-                                   align_corners=False)[0, 0, 0].numpy()
-        colour = F.grid_sample(rgb[None].float().cpu(), grid, mode="bilinear", padding_mode="border",
-                               align_corners=False)[0, :, 0].numpy().T
-        distance = np.linalg.norm(vertices - c2w[:3, 3], axis=1)
-        to_camera = (c2w[:3, 3] - vertices) / np.maximum(distance, 1e-9)[:, None]
-        facing = np.einsum("ij,ij->i", normals, to_camera)
-        inside = (np.abs(grid[0, 0].numpy()) <= 1).all(axis=1)
-        # two-sided: at silhouettes the depth blends in the far background and the test fails,
-        # which keeps background colour out of the average
-        visible = in_front & inside & (facing > 0) & (np.abs(distance - seen_depth) <= tolerance)
-        w = np.where(visible, facing**2, 0.0)
-        total += w[:, None] * colour
-        weight += w
-        _report(progress, "colours", index, len(poses))
-    seen = weight > 0
-    colors = np.full((len(vertices), 3), 0.5)
-    colors[seen] = total[seen] / weight[seen, None]
-    if seen.any() and not seen.all():
-        from scipy.spatial import cKDTree
-
-        _, nearest = cKDTree(vertices[seen]).query(vertices[~seen])
-        colors[~seen] = colors[seen][nearest]
-    return (np.clip(colors, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
 
 
 def extract_mesh(field: Any, threshold: float | None = None, resolution: int | None = None,
@@ -361,109 +293,3 @@ def write_mesh(result: MeshResult, path: Path, fmt: MeshFormat) -> Path:
         else:
             tmp.write_bytes(data)
     return path
-
-
-def _decoded_view_renderer(parts: Any, plan: Any, fov_deg: float) -> Callable[[np.ndarray], tuple[torch.Tensor, torch.Tensor]]:
-    """``render(c2w) -> (decoded rgb [3, h, w], depth [size, size])`` at the training render size."""
-    import torch.nn.functional as F
-
-    from sjc_core.cameras import intrinsics
-    from sjc_core.render import render_view
-
-    size = plan.render_size
-    K = intrinsics(fov_deg, size, size)
-
-    @torch.no_grad()
-    def render(c2w: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        out = render_view(parts.field, K, c2w, size, size, keep_weights=False)
-        image = out.image[None]
-        if size != parts.prior.resolution:
-            image = F.interpolate(image, size=(parts.prior.resolution,) * 2, mode="bilinear", align_corners=False)
-        return parts.prior.to_rgb(image)[0].float().cpu(), out.depth.float().cpu()
-
-    return render
-
-
-def export_run_mesh(
-    run_dir: Path,
-    threshold: float | None = None,
-    resolution: int | None = None,
-    fmt: str | None = None,
-    out: Path | None = None,
-    colors: str = "auto",
-    views: int = 12,
-    largest: bool = False,
-    progress: ProgressFn | None = None,
-    registry: Registry | None = None,
-) -> str:
-    """Load a run's last checkpoint, extract, colour and write its mesh; returns a summary line.
-
-    ``registry``: the plugin registry to build the run's parts with (default: the process's,
-    :func:`sjc_core.plugins.default_registry`). ``progress``: see the module docstring.
-    """
-    from sjc_core import engine
-    from sjc_core.cameras import intrinsics
-    from sjc_core.plugins import default_registry
-
-    _require_mesh_packages()
-    fmt = _resolve_format(fmt, out)
-    if colors not in COLOR_MODES:
-        raise SjcError(f"--colors: {colors!r} is not one of {', '.join(COLOR_MODES)}")
-    run = engine.load_run(Path(run_dir), registry if registry is not None else default_registry())
-    folder, parts, plan = run.folder, run.parts, run.plan
-    parts.field.eval()
-
-    result = extract_mesh(parts.field, threshold=threshold, resolution=resolution, largest_only=largest,
-                          probe_radius=plan.radius, progress=progress)
-    value_range = getattr(parts.prior, "value_range", None)
-    mode = ("features" if value_range is not None else "views") if colors == "auto" else colors
-    voxel = native_voxel(parts.field, 0.02)
-    if mode == "features":
-        if value_range is None:
-            raise SjcError("--colors features: this prior's field holds latents, not colours; use --colors views")
-        _report(progress, "colours", 0, 1)
-        result.colors = feature_colors(parts.field, result.vertices, result.normals, value_range, inset=voxel / 2)
-        _report(progress, "colours", 1, 1)
-    elif mode == "views":
-        fov = run.recipe.settings.camera.test_fov
-        result.colors = view_colors(
-            result.vertices,
-            result.normals,
-            _decoded_view_renderer(parts, plan, fov),
-            color_views(plan.radius, views),
-            intrinsics(fov, plan.render_size, plan.render_size),
-            plan.render_size,
-            tolerance=4 * voxel,
-            progress=progress,
-        )
-    target = out or folder.root / "mesh" / f"mesh.{fmt}"
-    write_mesh(result, target, fmt)  # type: ignore[arg-type]
-    closed = to_trimesh(result).is_watertight
-    return (
-        f"wrote {target}: {len(result.vertices)} vertices, {len(result.faces)} faces, "
-        f"{'watertight' if closed else 'open'}, colours: {mode}, "
-        f"threshold {result.threshold:.4g}{' (given)' if threshold is not None else ' (auto)'} "
-        f"(density range {result.density_range[0]:.3g} .. {result.density_range[1]:.3g}), "
-        f"checkpoint step {run.step}"
-    )
-
-
-def _resolve_format(fmt: str | None, out: Path | None) -> str:
-    if fmt is None:
-        suffix = out.suffix.lower().lstrip(".") if out is not None else ""
-        fmt = suffix if suffix in FORMATS else "ply"
-    fmt = fmt.lower()
-    if fmt not in FORMATS:
-        raise SjcError(f"--format: {fmt!r} is not one of {', '.join(FORMATS)}")
-    if out is not None and out.suffix.lower().lstrip(".") not in ("", fmt):
-        raise SjcError(f"--out: {out.name} does not end in .{fmt} (the --format)")
-    return fmt
-
-
-def _require_mesh_packages() -> None:
-    import importlib.util
-
-    missing = [name for name, module in (("scikit-image", "skimage"), ("trimesh", "trimesh"))
-               if importlib.util.find_spec(module) is None]
-    if missing:
-        raise SjcError(f"export-mesh needs {' and '.join(missing)}: pip install 'sjc[mesh]'")

@@ -290,6 +290,9 @@ def _truncate_metrics(path: Path, step: int, note: Callable[[str], None] | None 
 
 
 def _save(trainer: Trainer, folder: RunFolder) -> None:
+    # run_info: what `sjc export-mesh` needs to rebuild the field without the prior
+    from sjc_core.checkpoint import describe_run
+
     save_checkpoint(
         folder.checkpoint,
         trainer.step,
@@ -298,6 +301,7 @@ def _save(trainer: Trainer, folder: RunFolder) -> None:
         trainer.camera_rng,
         trainer.noise_rng,
         extra={"steps": trainer.recipe.settings.steps},
+        run_info=describe_run(trainer.parts.prior, trainer.plan.radius),
     )
 
 

@@ -1,4 +1,4 @@
-"""``sjc export-mesh``: a coloured triangle mesh of a run's density field (PLY, OBJ or GLB)."""
+"""``sjc export-mesh``: a coloured or UV-textured triangle mesh of a run's density field (PLY, OBJ or GLB)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ THRESHOLD_HELP = (
 
 
 class _PhaseBars:
-    """``progress(phase, done, total)`` for :func:`sjc_core.mesh.export_run_mesh`: a line per phase on stderr."""
+    """``progress(phase, done, total)`` for :func:`sjc_core.mesh_export.export_run_mesh`: a line per phase on stderr."""
 
     def __init__(self) -> None:
         self.phase: str | None = None
@@ -47,20 +47,42 @@ def command(
         typer.Option(min=8, max=1024, help="lattice size N (N^3 samples; default: the voxel grid, or 128)"),
     ] = None,
     format_: Annotated[
-        Optional[str], typer.Option("--format", help="ply, obj or glb (default: from --out, else ply)")
+        Optional[str],
+        typer.Option(
+            "--format",
+            help="ply, obj or glb (default: from --out, else ply; with --texture obj or glb, both when neither is given)",
+        ),
     ] = None,
-    out: Annotated[Optional[Path], typer.Option(help="mesh path (default: RUN_DIR/mesh/mesh.FORMAT)")] = None,
+    out: Annotated[
+        Optional[Path],
+        typer.Option(help="mesh path (default: RUN_DIR/mesh/mesh.FORMAT; with --texture RUN_DIR/mesh/textured.FORMAT)"),
+    ] = None,
     colors: Annotated[
         str,
         typer.Option(help="auto, features (pixel priors), views (decoded renders; latent priors) or none"),
     ] = "auto",
     views: Annotated[int, typer.Option(min=1, max=64, help="colors=views: number of decoded views")] = 12,
     largest: Annotated[bool, typer.Option("--largest", help="keep only the largest connected piece")] = False,
+    texture: Annotated[
+        Optional[int],
+        typer.Option(
+            metavar="N",
+            help="bake an N x N texture (a power of two, 64..8192) over a UV atlas (xatlas) and write "
+            "OBJ + MTL + PNG and GLB instead of vertex colours",
+        ),
+    ] = None,
+    faces: Annotated[
+        Optional[int],
+        typer.Option(metavar="N", help="decimate to about N faces (quadric edge collapse, fast-simplification)"),
+    ] = None,
+    smooth: Annotated[
+        int, typer.Option(metavar="ITER", help="Taubin smoothing passes before decimation (keeps the volume)")
+    ] = 0,
 ) -> None:
-    """Extract the surface of a run's field with marching cubes and write it with vertex colours."""
+    """Extract the surface of a run's field with marching cubes; write it with vertex colours or a texture."""
     from sjc_core import engine
     from sjc_core.commands.common import registry
-    from sjc_core.mesh import export_run_mesh
+    from sjc_core.mesh_export import export_run_mesh
 
     bars = _PhaseBars()  # progress on stderr; stdout gets only the report
     try:
@@ -74,6 +96,9 @@ def command(
                 colors=colors,
                 views=views,
                 largest=largest,
+                texture=texture,
+                faces=faces,
+                smooth=smooth,
                 progress=bars,
                 registry=registry(),
             )
