@@ -14,6 +14,7 @@ import torch
 import trimesh  # the `mesh` extra, part of the `test` extra
 
 from sjc_core import mesh
+from analytic_ball import ball_renderer
 from sjc_core.errors import SjcError
 
 RADIUS = 0.5
@@ -129,28 +130,10 @@ def test_feature_colors_follow_the_field() -> None:
 
 
 def _sphere_renderer(field: AnalyticField, size: int):
-    """Exact picture and depth of the analytic sphere (ray-sphere intersection), for view colours."""
-    from sjc_core.cameras import intrinsics
-
-    def render(c2w: np.ndarray):
-        K = intrinsics(60.0, size, size)
-        cols, rows = np.meshgrid(np.arange(size), np.arange(size))
-        cam = np.stack([cols, rows, np.ones_like(cols)], -1).reshape(-1, 3) @ np.linalg.inv(K).T
-        dirs = cam @ c2w[:3, :3].T
-        dirs /= np.linalg.norm(dirs, axis=1, keepdims=True)
-        eye = c2w[:3, 3]
-        b = dirs @ eye
-        disc = b**2 - (eye @ eye - RADIUS**2)
-        t = np.where(disc > 0, -b - np.sqrt(np.maximum(disc, 0)), 10.0)
-        hit = eye + t[:, None] * dirs
-        rgb = np.where((hit[:, 0] > 0)[:, None], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0])
-        rgb[disc <= 0] = 1.0
-        # the decoded picture is twice the depth map's size, like a decoder's upsampling
-        image = torch.as_tensor(rgb.reshape(size, size, 3)).permute(2, 0, 1)
-        image = image.repeat_interleave(2, 1).repeat_interleave(2, 2)
-        return image.float(), torch.as_tensor(t.reshape(size, size)).float()
-
-    return render
+    """Exact picture and depth of the analytic sphere (red where x > 0, else blue), for view colours."""
+    return ball_renderer(
+        size, RADIUS, lambda hit: np.where((hit[:, 0] > 0)[:, None], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]), background=1.0
+    )
 
 
 def test_view_colors_project_vertices_into_the_right_pixels() -> None:

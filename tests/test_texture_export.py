@@ -24,6 +24,7 @@ import trimesh
 from sjc_core import mesh, mesh_cleanup, mesh_colors, mesh_raster, texture, uv_bake
 from sjc_core.cameras import intrinsics, look_at
 from sjc_core.checkpoint import describe_run, load_checkpoint, save_checkpoint
+from analytic_ball import ball_renderer
 from sjc_core.errors import SjcError
 from sjc_core.mesh_export import export_run_mesh, load_mesh_run
 from sjc_core.plugins import load_registry
@@ -205,24 +206,9 @@ def test_textured_render_is_closer_to_the_field_than_vertex_colours(ball) -> Non
 
 
 def _analytic_renderer(size: int, radius: float):
-    """Exact picture and depth of a ball of ``radius`` coloured by the rule (ray-sphere intersection)."""
-
-    def render(c2w: np.ndarray):
-        K = intrinsics(60.0, size, size)
-        cols, rows = np.meshgrid(np.arange(size), np.arange(size))
-        cam = np.stack([cols, rows, np.ones_like(cols)], -1).reshape(-1, 3) @ np.linalg.inv(K).T
-        dirs = cam @ c2w[:3, :3].T
-        dirs /= np.linalg.norm(dirs, axis=1, keepdims=True)
-        eye = c2w[:3, 3]
-        b = dirs @ eye
-        disc = b**2 - (eye @ eye - radius**2)
-        t = np.where(disc > 0, -b - np.sqrt(np.maximum(disc, 0)), 10.0)
-        rgb = expected_colour(eye + t[:, None] * dirs)
-        rgb[disc <= 0] = 0.0  # black background: a texel that took it would show
-        image = torch.as_tensor(rgb.reshape(size, size, 3)).permute(2, 0, 1)
-        return image.repeat_interleave(2, 1).repeat_interleave(2, 2).float(), torch.as_tensor(t.reshape(size, size)).float()
-
-    return render
+    """Exact picture and depth of a ball of ``radius`` coloured by the rule; a black
+    background, so that a texel that took it would show."""
+    return ball_renderer(size, radius, expected_colour, background=0.0)
 
 
 def test_texture_from_views_leaves_no_texel_unfilled(ball) -> None:
