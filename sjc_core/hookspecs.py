@@ -1,4 +1,5 @@
-"""Pluggy hook specifications: one hook per plugin kind, plus one for CLI commands.
+"""Pluggy hook specifications: one hook per plugin kind (priors, fields, losses, estimators),
+plus one for CLI commands.
 
 A hook receives a ``register`` callback and calls it once per thing it provides::
 
@@ -30,6 +31,16 @@ def register_fields(register) -> None:  # type: ignore[no-untyped-def]
 @hookspec
 def register_losses(register) -> None:  # type: ignore[no-untyped-def]
     """Register regularisers."""
+
+
+@hookspec
+def register_estimators(register) -> None:  # type: ignore[no-untyped-def]
+    """Register score estimators: what turns a render into the gradient on it (paas, sds, ism).
+
+    The factory returns an object with ``schedule(prior, steps, rng)`` and
+    ``gradient(prior, y, sigma, progress, cond, generator)``
+    (:class:`sjc_core.estimation.Estimator`).
+    """
 
 
 @hookspec

@@ -181,3 +181,46 @@ def paas_gradient(
     denoised = prior.denoise(z, sigma_t, cond).to(y.dtype)
     reference = y if var_red else z
     return ((denoised - reference) / sigma).mean(dim=0, keepdim=True)
+
+
+class PaasEstimator:
+    """SJC's estimator, the engine's default (``[estimator] name = "paas"``, or the legacy ``[paas]``).
+
+    Its schedule is :func:`sigma_schedule` (random or annealed) over ``[sigma_min, sigma_max]``,
+    missing ends from the prior's :func:`default_sigma_range`; its gradient is
+    :func:`paas_gradient` for one render, :func:`sjc_core.sampling.paas_gradient_batch` for a
+    batch or per-image generators. These are the calls the engine and ``sjc sample --method
+    paas`` made before estimators were plugins, so a ``[paas]`` recipe gives the same numbers.
+    ``progress`` plays no part.
+    """
+
+    def __init__(self, options: Any) -> None:
+        self.options = options  # sjc_core.recipe.PaasConfig
+
+    def schedule(self, prior: Any, steps: int, rng: np.random.Generator) -> np.ndarray:
+        low, high = default_sigma_range(prior)
+        o = self.options
+        return sigma_schedule(
+            o.schedule,
+            prior.sigmas,
+            steps,
+            rng,
+            sigma_min=o.sigma_min if o.sigma_min is not None else low,
+            sigma_max=o.sigma_max if o.sigma_max is not None else high,
+        )
+
+    def gradient(self, prior: Any, y: torch.Tensor, sigma: float, progress: float, cond: Any, generator: Any) -> torch.Tensor:
+        o = self.options
+        if y.shape[0] == 1 and (generator is None or isinstance(generator, torch.Generator)):
+            return paas_gradient(prior, y, sigma, cond, n_noise=o.n_noise, var_red=o.var_red, generator=generator)
+        from sjc_core.sampling import paas_gradient_batch
+
+        def denoise(x: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+            return prior.denoise(x, s, cond)
+
+        return paas_gradient_batch(denoise, y, sigma, n_noise=o.n_noise, var_red=o.var_red, generator=generator)
+
+
+def build_paas(options: Any, ctx: Any) -> PaasEstimator:
+    """Factory of the ``paas`` estimator (options: :class:`sjc_core.recipe.PaasConfig`)."""
+    return PaasEstimator(options)

@@ -24,15 +24,15 @@ from pydantic import BaseModel
 from sjc_core import hookspecs
 from sjc_core.errors import SjcError, closest_first
 
-KINDS = ("priors", "fields", "losses")
-SINGULAR = {"priors": "prior", "fields": "field", "losses": "loss"}
+KINDS = ("priors", "fields", "losses", "estimators")
+SINGULAR = {"priors": "prior", "fields": "field", "losses": "loss", "estimators": "estimator"}
 ENTRY_POINT_GROUP = "sjc"
 ENV_ALLOW = "SJC_PLUGINS"
 
 
 @dataclass(frozen=True)
 class PluginInfo:
-    """One registered thing: a prior, field or loss."""
+    """One registered thing: a prior, field, loss or estimator."""
 
     kind: str
     name: str

@@ -36,6 +36,7 @@ from pydantic import (
 )
 
 from sjc_core.errors import SjcError
+from sjc_core.estimator_recipe import choose_estimator, estimator_keys, resolve_tables, without_table
 from sjc_core.plugins import SINGULAR, PluginInfo, Registry
 from sjc_core.recipe_errors import (  # noqa: F401
     coercion_problems,
@@ -275,6 +276,7 @@ class Recipe:
     losses: list[PluginChoice]
     base_dir: Path
     source: str = "recipe"  # the file it came from, for error lines
+    estimator: PluginChoice | None = None  # [estimator], or PAAS from [paas] (sjc_core.estimator_recipe)
 
     def resolved(self) -> dict[str, Any]:
         """Every value, defaults included, as plain data (what `sjc validate` prints)."""
@@ -282,6 +284,7 @@ class Recipe:
         data["prior"] = self.prior.as_table()
         data["field"] = self.field.as_table()
         data["losses"] = [loss.as_table() for loss in self.losses]
+        resolve_tables(data, self.estimator)
         return data
 
 
@@ -409,12 +412,13 @@ def validate_recipe(raw: dict[str, Any], registry: Registry, base_dir: Path, sou
     problems: list[str] = []
     settings: RecipeModel | None = None
     try:
-        settings = RecipeModel.model_validate(raw)
+        settings = RecipeModel.model_validate(without_table(raw))
     except ValidationError as exc:
         problems.extend(format_errors(exc, RecipeModel))
     else:  # the plugin tables are checked by their own models below
-        own = {key: value for key, value in raw.items() if key not in ("prior", "field", "losses")}
+        own = {key: value for key, value in without_table(raw).items() if key not in ("prior", "field", "losses")}
         problems.extend(coercion_problems(own, settings, ""))
+    estimator, settings = choose_estimator(raw, settings, registry, problems)
 
     choices: dict[str, PluginChoice | None] = {}
     for table, kind in PLUGIN_TABLES.items():
@@ -437,7 +441,8 @@ def validate_recipe(raw: dict[str, Any], registry: Registry, base_dir: Path, sou
         raise SjcError(*(f"{source}: {p}" for p in problems))
     prior, field = choices.get("prior"), choices.get("field")
     assert prior is not None and field is not None
-    return Recipe(settings=settings, prior=prior, field=field, losses=losses, base_dir=base_dir, source=source)
+    return Recipe(settings=settings, prior=prior, field=field, losses=losses, base_dir=base_dir, source=source,
+                  estimator=estimator)
 
 
 def _validate_plugin(
@@ -477,7 +482,7 @@ def known_keys(raw: dict[str, Any], registry: Registry, choices: dict[str, Plugi
     """Every dotted key this recipe could set: top level, camera.*, paas.*, and its plugins' options."""
     keys = [name for name in RecipeModel.model_fields if name not in ("camera", "paas")]
     keys += [f"camera.{name}" for name in CameraConfig.model_fields]
-    keys += [f"paas.{name}" for name in PaasConfig.model_fields]
+    keys += [f"paas.{name}" for name in PaasConfig.model_fields] + estimator_keys(raw, registry)
     tables: list[tuple[str, str, Any]] = [(table, kind, raw.get(table)) for table, kind in PLUGIN_TABLES.items()]
     if not isinstance(raw.get("field"), dict):
         tables[1] = ("field", "fields", {"name": "voxel"})

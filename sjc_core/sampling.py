@@ -1,6 +1,7 @@
-"""2D tools: the Karras et al. (2022) sampler and 2D PAAS ascent, both on a bare denoiser.
+"""2D tools: the Karras et al. (2022) sampler and 2D PAAS ascent on a bare denoiser, and
+2D ascent with any estimator (:func:`estimator_ascent`).
 
-Everything here takes a denoiser callable ``denoise(x, sigma) -> D(x; sigma)`` in the
+Everything else here takes a denoiser callable ``denoise(x, sigma) -> D(x; sigma)`` in the
 variance-exploding convention (``x_sigma = x + sigma * n``), so any prior works once its
 conditioning is bound (``lambda x, s: prior.denoise(x, s, cond)``). The functions are pure:
 no prior, no files, no global random state (noise comes from the generators passed in).
@@ -231,6 +232,38 @@ def paas_ascent(
         g = paas_gradient_batch(denoise, image.detach(), sigma, n_noise=n_noise, var_red=var_red, generator=generator)
         optimizer.zero_grad(set_to_none=True)
         image.grad = -g  # d/dy of the surrogate -(g * y).sum()
+        optimizer.step()
+        if callback is not None:
+            callback(i + 1, len(levels), sigma, image.detach())
+    return image.detach()
+
+
+def estimator_ascent(
+    estimator: object,
+    prior: object,
+    y: torch.Tensor,
+    sigmas: np.ndarray | Sequence[float],
+    cond: object = None,
+    *,
+    lr: float = 0.05,
+    generator: Generators = None,
+    callback: Callback | None = None,
+) -> torch.Tensor:
+    """:func:`paas_ascent` with any estimator (:class:`sjc_core.estimation.Estimator`).
+
+    Step i asks ``estimator.gradient(prior, y, sigmas[i], i / len(sigmas), cond, generator)``
+    and takes one Adamax step on ``-(g * y).sum()``; ``sigmas`` comes from the estimator's own
+    ``schedule``. With the ``paas`` estimator this is exactly :func:`paas_ascent`.
+    """
+    if lr <= 0:
+        raise ValueError(f"lr must be > 0 (got {lr})")
+    levels = [float(s) for s in np.asarray(sigmas, dtype=np.float64).reshape(-1)]
+    image = y.detach().clone().requires_grad_(True)
+    optimizer = torch.optim.Adamax([image], lr=lr)
+    for i, sigma in enumerate(levels):
+        g = estimator.gradient(prior, image.detach(), sigma, i / len(levels), cond, generator)  # type: ignore[attr-defined]
+        optimizer.zero_grad(set_to_none=True)
+        image.grad = -g.to(image.dtype)
         optimizer.step()
         if callback is not None:
             callback(i + 1, len(levels), sigma, image.detach())

@@ -19,7 +19,8 @@ import torch.nn.functional as F
 from sjc_core.cameras import TrainView, intrinsics, sample_train_view
 from sjc_core.contracts import BuildContext, Loss, Prior, View
 from sjc_core.optim import Adamax
-from sjc_core.paas import default_sigma_range, paas_gradient, sigma_schedule
+from sjc_core.estimation import Estimator
+from sjc_core.estimator_recipe import estimator_of
 from sjc_core.recipe import Recipe
 from sjc_core.render import host_aabb, render_view
 
@@ -108,6 +109,8 @@ class Trainer:
     sigmas: np.ndarray
     camera_rng: np.random.Generator
     noise_rng: torch.Generator
+    estimator: Estimator
+    term: str = PAAS_TERM  # the estimator's name: its gradient norm's key among the step's terms
     step: int = 0
     synchronize: Callable[[], None] | None = None
 
@@ -117,16 +120,12 @@ class Trainer:
         torch.manual_seed(settings.seed)  # plugins that draw from the global generator
         plan = camera_plan(recipe, parts.prior)
         optimizer = Adamax(parts.field.param_groups(settings.lr), lr=settings.lr)
-        low, high = default_sigma_range(parts.prior)
-        paas = settings.paas
-        sigmas = sigma_schedule(
-            paas.schedule,
-            parts.prior.sigmas,
-            settings.steps,
-            np.random.default_rng([settings.seed, 1]),
-            sigma_min=paas.sigma_min if paas.sigma_min is not None else low,
-            sigma_max=paas.sigma_max if paas.sigma_max is not None else high,
-        )
+        # The estimator's whole schedule, drawn now from its own stream: a resumed run
+        # (same seed, same recipe) draws the same levels again and continues at its step.
+        choice = estimator_of(recipe)
+        ctx = BuildContext(device=parts.device, base_dir=recipe.base_dir, seed=settings.seed)
+        estimator = choice.info.factory(choice.options, ctx)
+        sigmas = estimator.schedule(parts.prior, settings.steps, np.random.default_rng([settings.seed, 1]))
         noise_rng = torch.Generator(device=parts.device)
         noise_rng.manual_seed(settings.seed)
         host_aabb(parts.field)  # the box on the host once, before any step needs it
@@ -138,6 +137,8 @@ class Trainer:
             sigmas=sigmas,
             camera_rng=np.random.default_rng([settings.seed, 2]),
             noise_rng=noise_rng,
+            estimator=estimator,
+            term=choice.info.name,
         )
 
     def draw_view(self) -> TrainView:
@@ -149,7 +150,7 @@ class Trainer:
         return time.perf_counter()
 
     def train_step(self) -> StepResult:
-        """One SJC step: render, PAAS gradient, one backward, one Adamax update.
+        """One SJC step: render, the estimator's gradient, one backward, one Adamax update.
 
         Nothing here waits for the device; NaN or Inf is found by :meth:`fetch`.
         """
@@ -168,9 +169,7 @@ class Trainer:
         after_render = self._clock()
 
         cond = prior.condition(View(label=view.label, c2w=torch.as_tensor(view.c2w), fov_deg=view.fov_deg))
-        grad = paas_gradient(
-            prior, scored, sigma, cond, n_noise=settings.paas.n_noise, var_red=settings.paas.var_red, generator=self.noise_rng
-        )
+        grad = self.estimator.gradient(prior, scored, sigma, progress, cond, self.noise_rng)
         after_prior = self._clock()
 
         terms = {name: loss(render, progress) for name, loss in parts.losses}
@@ -192,7 +191,7 @@ class Trainer:
             "backward": after_backward - after_prior,
             "optimizer": done - after_backward,
         }
-        names = (*terms, PAAS_TERM)
+        names = (*terms, self.term)
         return StepResult(
             self.step, sigma, view.label, names, values, seconds,
             render.depth.detach(), render.opacity.detach(), scored.detach(),

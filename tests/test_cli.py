@@ -119,7 +119,7 @@ def test_list_plugins_text(run_sjc, toy_plugins_env) -> None:
 def test_list_plugins_unknown_kind(run_sjc, toy_plugins_env) -> None:
     code, out, err = run_sjc("list-plugins", "--kind", "shaders", env=toy_plugins_env)
     assert (code, out) == (2, "")
-    assert err == "error: --kind: unknown kind 'shaders' (known: priors, fields, losses)\n"
+    assert err == "error: --kind: unknown kind 'shaders' (known: priors, fields, losses, estimators)\n"
 
 
 def test_validate_prints_every_default(run_sjc, toy_plugins_env, tmp_path: Path) -> None:

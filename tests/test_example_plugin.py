@@ -1,8 +1,9 @@
 """The example third-party plugin (examples/sjc-example-prior), installed for real.
 
 The package is pip-installed into a throw-away venv; that venv's python then finds the
-``gaussian`` prior through ``importlib.metadata`` entry points, lists it, validates a
-recipe with it and builds it. The denoiser's maths is checked in-process.
+``gaussian`` prior and the ``noise-free`` estimator through ``importlib.metadata`` entry
+points, lists them, validates a recipe with them, builds them and runs a recipe that uses
+both. The denoiser's and the estimator's maths are checked in-process.
 """
 
 from __future__ import annotations
@@ -128,6 +129,40 @@ def test_list_plugins_shows_the_example(in_venv) -> None:
     assert "empirical" in rows  # built-ins still there, from the same entry-point group
 
 
+def test_list_plugins_shows_the_example_estimator(in_venv) -> None:
+    code, out, err = in_venv("list-plugins", "--json", "--kind", "estimators")
+    assert code == 0, err
+    rows = {row["name"]: row for row in json.loads(out)["plugins"]}
+    assert rows["noise-free"]["distribution"] == "sjc-example-prior"
+    assert rows["noise-free"]["module"] == "sjc_example_prior"
+    assert {o["name"]: o["default"] for o in rows["noise-free"]["options"]} == {"sigma_min": 0.1, "sigma_max": 10.0}
+    assert {"paas", "sds", "ism"} <= set(rows)  # the built-ins, beside it
+
+
+def test_a_recipe_with_the_example_estimator_runs(in_venv, tmp_path: Path) -> None:
+    """`sjc run` with the example's prior and estimator: finished, its term logged, its schedule used."""
+    path = tmp_path / "grey.toml"
+    path.write_text(
+        RECIPE.replace("steps = 10", "steps = 6\ncheckpoint_every = 3\nview_every = 3")
+        + '\n[camera]\ntest_frames = 2\n\n[estimator]\nname = "noise-free"\nsigma_min = 0.5\nsigma_max = 8.0\n'
+    )
+    code, out, err = in_venv("run", str(path), "--run-dir", str(tmp_path / "run"))
+    assert code == 0, err
+    assert out.startswith("finished:")
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == list(range(1, 7))
+    assert all(set(r["terms"]) == {"emptiness", "noise-free"} for r in records)
+    sigmas = [r["sigma"] for r in records]
+    assert sigmas[0] == pytest.approx(8.0) and sigmas[-1] == pytest.approx(0.5)
+    assert sigmas == sorted(sigmas, reverse=True)
+    saved = tomllib.loads((tmp_path / "run" / "recipe.toml").read_text())
+    assert saved["estimator"] == {"name": "noise-free", "sigma_min": 0.5, "sigma_max": 8.0} and "paas" not in saved
+    # a bad option of the third-party estimator is one line naming it
+    path.write_text(path.read_text().replace("sigma_min = 0.5", "sigma_min = 20.0"))
+    code, out, err = in_venv("validate", str(path))
+    assert code == 2 and err.strip().splitlines() == [f"error: {path}: estimator: sigma_min 20.0 is above sigma_max 8.0"]
+
+
 def test_validate_a_recipe_with_the_example(in_venv, tmp_path: Path) -> None:
     path = tmp_path / "grey.toml"
     path.write_text(RECIPE)
@@ -216,6 +251,25 @@ def test_prior_contract(example) -> None:
     rgb = prior.to_rgb(x)
     assert rgb.min() == 0 and rgb.max() == 1
     torch.testing.assert_close(prior.to_rgb(torch.zeros(1, 3, 2, 2)), torch.full((1, 3, 2, 2), 0.5))
+
+
+def test_noise_free_estimator_is_the_mean_of_paas_on_the_gaussian(example) -> None:
+    """(D(y) - y) / sigma in closed form, and PAAS's average over many noises converges to it."""
+    from sjc_core.paas import PaasEstimator
+    from sjc_core.recipe import PaasConfig
+
+    prior = make_prior(example, mean=(0.2, 0.5, 0.9), std=0.4, resolution=4)
+    estimator = example.build_noise_free(example.NoiseFreeOptions(sigma_min=0.5, sigma_max=4.0), None)
+    sigmas = estimator.schedule(prior, 4, None)
+    assert sigmas == pytest.approx([4.0, 2.0, 1.0, 0.5])
+    y = torch.linspace(-1, 1, 48, dtype=torch.float64).view(1, 3, 4, 4)
+    mean = (torch.tensor([0.2, 0.5, 0.9], dtype=torch.float64) * 2 - 1).view(1, 3, 1, 1)
+    sigma = 1.5
+    g = estimator.gradient(prior, y, sigma, 0.0, None, None)
+    torch.testing.assert_close(g, sigma * (mean - y) / (0.4**2 + sigma**2), rtol=1e-12, atol=1e-12)
+    paas = PaasEstimator(PaasConfig(n_noise=256))  # mean noise: std 1/16, shrunk by std^2/(std^2+sigma^2)
+    averaged = paas.gradient(prior, y, sigma, 0.0, None, torch.Generator().manual_seed(0))
+    torch.testing.assert_close(averaged, g, atol=0.03, rtol=0)
 
 
 def test_options_reject_bad_values(example) -> None:

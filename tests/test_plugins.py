@@ -21,6 +21,9 @@ BUILTINS = {
     "voxel": ("fields", "voxel", "grid_size"),
     "emptiness": ("losses", "emptiness", "weight"),
     "center_depth": ("losses", "center-depth", "weight"),
+    "paas": ("estimators", "paas", "n_noise"),
+    "sds": ("estimators", "sds", "weighting"),
+    "ism": ("estimators", "ism", "interval"),
 }
 
 
@@ -182,8 +185,20 @@ def test_sjc_plugins_restricts_what_loads(run_sjc, tmp_path: Path) -> None:
     # Empty: nothing at all, and the text listing says so.
     code, out, err = run_sjc("list-plugins", env=env_with(good, SJC_PLUGINS=""))
     assert code == 0, err
-    assert out.count("(none installed)") == 3
+    assert out.count("(none installed)") == 4  # priors, fields, losses, estimators
     assert err == ""
+
+
+def test_a_third_party_estimator_is_listed_and_known_by_kind(run_sjc, tmp_path: Path) -> None:
+    root = write_dist(tmp_path / "est", "sjc-my-estimator", "sjc_my_estimator", plugin_source("estimators", "mine", "my estimator"))
+    code, out, err = run_sjc("list-plugins", "--kind", "estimators", "--json", env=env_with(root))
+    assert code == 0, err
+    rows = listing(out)
+    assert rows[("estimators", "mine")]["distribution"] == "sjc-my-estimator"
+    assert rows[("estimators", "mine")]["options"][0]["name"] == "strength"
+    assert {("estimators", "paas"), ("estimators", "sds"), ("estimators", "ism")} <= set(rows)
+    code, out, err = run_sjc("list-plugins", "--kind", "estimator", env=env_with(root))
+    assert code == 2 and "(known: priors, fields, losses, estimators)" in err
 
 
 def test_plugins_can_add_commands(run_sjc, tmp_path: Path) -> None:

@@ -1,13 +1,19 @@
-"""An example third-party sjc prior: the exact denoiser of a Gaussian image distribution.
+"""An example third-party sjc plugin: a prior and a score estimator, one module.
 
-If images are drawn from N(mean, std^2 I), then after adding noise of level sigma the
-posterior mean has a closed form::
+The prior ``gaussian`` is the exact denoiser of a Gaussian image distribution. If images are
+drawn from N(mean, std^2 I), then after adding noise of level sigma the posterior mean has
+a closed form::
 
     D(x; sigma) = E[x0 | x0 + sigma*n = x] = (std^2 * x + sigma^2 * mean) / (std^2 + sigma^2)
 
 It needs no weights, so it is a complete, honest prior in a few lines: useful as a
 template for writing plugins and as a smoke test for the engine (SJC with it pulls every
 view toward the mean colour).
+
+The estimator ``noise-free`` scores the render itself: ``g = (D(y; sigma) - y) / sigma``,
+sigma times the score of the noised distribution at y, with no noise drawn; its schedule
+walks sigma geometrically from ``sigma_max`` down to ``sigma_min``. For a Gaussian prior it
+is exactly the mean of PAAS's gradient (D is linear), so it is PAAS without the variance.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import numpy as np
 import pydantic
 import torch
 from pydantic import BaseModel, ConfigDict, Field
@@ -86,6 +93,55 @@ class GaussianPrior:
 def build_gaussian(options: GaussianOptions, ctx: BuildContext) -> GaussianPrior:
     """Factory called by sjc with the validated ``[prior]`` options."""
     return GaussianPrior(options, ctx.device)
+
+
+class NoiseFreeOptions(BaseModel):
+    """Options of the ``noise-free`` estimator (a recipe's ``[estimator]`` table)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    sigma_min: float = Field(0.1, gt=0, description="last sigma of the geometric schedule")
+    sigma_max: float = Field(10.0, gt=0, description="first sigma of the geometric schedule")
+
+    @pydantic.model_validator(mode="after")
+    def _ordered(self) -> "NoiseFreeOptions":
+        if self.sigma_min > self.sigma_max:
+            raise ValueError(f"sigma_min {self.sigma_min} is above sigma_max {self.sigma_max}")
+        return self
+
+
+class NoiseFreeEstimator:
+    """g = (D(y; sigma) - y) / sigma at the clean render; sigma annealed from sigma_max to sigma_min."""
+
+    def __init__(self, options: NoiseFreeOptions) -> None:
+        self.options = options
+
+    def schedule(self, prior: Any, steps: int, rng: np.random.Generator) -> np.ndarray:
+        """Deterministic: the run's generator is not needed (a resumed run gets the same levels)."""
+        ramp = np.arange(steps, dtype=np.float64) / max(steps - 1, 1)
+        return self.options.sigma_max * (self.options.sigma_min / self.options.sigma_max) ** ramp
+
+    @torch.no_grad()
+    def gradient(
+        self, prior: Any, y: torch.Tensor, sigma: float, progress: float, cond: Any, generator: Any
+    ) -> torch.Tensor:
+        sigma_t = torch.full((), float(sigma), dtype=y.dtype, device=y.device)  # no host round trip
+        return (prior.denoise(y, sigma_t, cond).to(y.dtype) - y) / sigma
+
+
+def build_noise_free(options: NoiseFreeOptions, ctx: BuildContext) -> NoiseFreeEstimator:
+    """Factory called by sjc with the validated ``[estimator]`` options."""
+    return NoiseFreeEstimator(options)
+
+
+@hookimpl
+def register_estimators(register) -> None:  # type: ignore[no-untyped-def]
+    register(
+        name="noise-free",
+        factory=build_noise_free,
+        description="Score of the render itself, (D(y; sigma) - y) / sigma, no noise; sigma annealed geometrically",
+        options=NoiseFreeOptions,
+    )
 
 
 @hookimpl

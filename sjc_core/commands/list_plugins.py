@@ -13,10 +13,10 @@ NAME = "list-plugins"
 
 
 def command(
-    kind: Annotated[Optional[str], typer.Option(help="only this kind: priors, fields or losses")] = None,
+    kind: Annotated[Optional[str], typer.Option(help="only this kind: priors, fields, losses or estimators")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
 ) -> None:
-    """List priors, fields and losses with their distribution, description and options."""
+    """List priors, fields, losses and estimators with their distribution, description and options."""
     from sjc_core.commands.common import registry
     from sjc_core.plugins import KINDS
 

@@ -1,8 +1,13 @@
-"""``sjc sample``: 2D images straight from a prior, with the Karras sampler or PAAS ascent.
+"""``sjc sample``: 2D images straight from a prior, with the Karras sampler or estimator ascent.
 
-The prior comes from a recipe (``--recipe R``: its [prior] table and [paas] settings) or is
-named directly (``--prior NAME``). ``--set`` takes the recipe's keys in both cases, so
+``--method karras`` runs the Karras sampler; ``--method NAME`` for any installed estimator
+(``paas``, ``sds``, ``ism``, a third party's) optimises the images directly with that
+estimator's gradient and schedule, the paper's 2D experiment. The prior comes from a recipe
+(``--recipe R``: its [prior] table and its [estimator] or [paas] settings) or is named
+directly (``--prior NAME``). ``--set`` takes the recipe's keys in both cases, so
 ``--set prior.images=imgs --set paas.schedule=annealed`` means the same thing either way.
+The estimator's options come from the recipe's table when it names the same estimator
+(``[paas]`` for paas), else from its defaults, then from ``--set estimator.KEY=VALUE``.
 Writes DIR/sample_000.png ..., DIR/grid.png and DIR/samples.json (written last).
 """
 
@@ -12,17 +17,21 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 
+from sjc_core.commands.sample_setup import SAMPLER
+
+if TYPE_CHECKING:
+    from sjc_core.commands.sample_setup import Setup
+
 NAME = "sample"
 MAX_SAMPLE_STEPS = 10**5  # sampler steps: far beyond any useful schedule, and a bounded loop
-METHODS = ("karras", "paas")
-DEFAULT_STEPS = {"karras": 40, "paas": 500}
+DEFAULT_STEPS = {SAMPLER: 40}  # estimators: ASCENT_STEPS
+ASCENT_STEPS = 500
 MAX_IMAGES = 10_000  # every picture is held in memory until the grid is written
 MAX_BATCH = 1024
-STANDALONE_KEYS = ("prior", "paas")
 
 
 @dataclass(frozen=True)
@@ -44,63 +53,55 @@ class SampleSettings:
     lr: float = 0.05
 
 
-@dataclass
-class Setup:
-    """What to sample from: the prior's table, PAAS settings, and where relative paths start."""
-
-    prior_table: dict[str, Any]
-    info: Any  # PluginInfo
-    options: Any  # the prior's validated options model
-    paas: Any  # PaasConfig
-    base_dir: Path
-    seed: int | None
-    device: str
-    source: str
-
-
 def command(
     recipe: Annotated[
-        Optional[Path], typer.Option("--recipe", help="take the prior and the paas settings from this recipe")
+        Optional[Path], typer.Option("--recipe", help="take the prior and the estimator settings from this recipe")
     ] = None,
     prior: Annotated[Optional[str], typer.Option("--prior", help="name of the prior plugin to sample from")] = None,
     set_: Annotated[
         Optional[list[str]],
-        typer.Option("--set", help="override a value, recipe keys: prior.KEY=VALUE or paas.KEY=VALUE (repeatable)"),
+        typer.Option(
+            "--set", help="override a value, recipe keys: prior.KEY=VALUE, estimator.KEY=VALUE or paas.KEY=VALUE (repeatable)"
+        ),
     ] = None,
-    method: Annotated[str, typer.Option(help="karras (Heun ODE sampler) or paas (2D PAAS ascent)")] = "karras",
+    method: Annotated[
+        str, typer.Option(help="karras (Heun ODE sampler), or an estimator for 2D ascent: paas, sds, ism, ...")
+    ] = "karras",
     n: Annotated[int, typer.Option("--n", help="number of images")] = 8,
-    steps: Annotated[Optional[int], typer.Option(help="karras: noise levels (40); paas: ascent steps (500)")] = None,
+    steps: Annotated[Optional[int], typer.Option(help="karras: noise levels (40); estimators: ascent steps (500)")] = None,
     seed: Annotated[Optional[int], typer.Option(help="seed (default: the recipe's, else 0)")] = None,
     out: Annotated[Optional[Path], typer.Option(help="folder that receives the images")] = None,
     batch_size: Annotated[int, typer.Option(help="images denoised together")] = 8,
     sigma_min: Annotated[
         Optional[float],
-        typer.Option(help="lowest sigma (karras: the ladder's bottom; paas: paas.sigma_min or the prior's range)"),
+        typer.Option(help="lowest sigma (karras: the ladder's bottom; estimators: their sigma_min option)"),
     ] = None,
     sigma_max: Annotated[
         Optional[float],
-        typer.Option(help="highest sigma (karras: the ladder's top, at most 80; paas: paas.sigma_max or the prior's range)"),
+        typer.Option(help="highest sigma (karras: the ladder's top, at most 80; estimators: their sigma_max option)"),
     ] = None,
     rho: Annotated[float, typer.Option(help="karras: schedule curvature")] = 7.0,
     churn: Annotated[float, typer.Option(help="karras: S_churn, stochastic churn (0 = deterministic)")] = 0.0,
     churn_min: Annotated[float, typer.Option(help="karras: S_min, churn only at sigma >= this")] = 0.05,
     churn_max: Annotated[float, typer.Option(help="karras: S_max, churn only at sigma <= this")] = 50.0,
     churn_noise: Annotated[float, typer.Option(help="karras: S_noise, scale of the churn noise")] = 1.003,
-    lr: Annotated[float, typer.Option(help="paas: Adamax learning rate on the image")] = 0.05,
+    lr: Annotated[float, typer.Option(help="estimators: Adamax learning rate on the image")] = 0.05,
     device: Annotated[Optional[str], typer.Option(help="auto, cpu or cuda (default: the recipe's, else auto)")] = None,
     overwrite: Annotated[bool, typer.Option(help="replace the samples already in --out")] = False,
 ) -> None:
-    """Sample 2D images from a prior (Karras sampler or PAAS ascent); writes PNGs and a grid."""
+    """Sample 2D images from a prior (Karras sampler or ascent with an estimator); writes PNGs and a grid."""
     from sjc_core.commands.common import registry
     from sjc_core.errors import SjcError, did_you_mean
+    from sjc_core.estimator_recipe import KIND, with_paas
     from sjc_core.recipe import MAX_SEED, MAX_SIGMA, shorten
 
     problems = []
     if (recipe is None) == (prior is None):
         problems.append("give either --recipe RECIPE or --prior NAME" + (" (not both)" if recipe and prior else ""))
-    if method not in METHODS:
+    methods = (SAMPLER, *with_paas(registry()).names(KIND))
+    if method not in methods:
         problems.append(
-            f"--method: unknown method {shorten(method)}{did_you_mean(method, METHODS)} (known: {', '.join(METHODS)})"
+            f"--method: unknown method {shorten(method)}{did_you_mean(method, methods)} (known: {', '.join(methods)})"
         )
     checks = [  # (flag, value, lower bound holds, its rule, upper bound holds, its rule)
         ("--n", n, n >= 1, ">= 1", n <= MAX_IMAGES, f"<= {MAX_IMAGES}"),
@@ -132,97 +133,17 @@ def command(
     assert out is not None
     _check_out(out, overwrite)
 
-    setup = _from_recipe(recipe, set_ or [], registry()) if recipe else _standalone(prior or "", set_ or [], registry())
+    sets = set_ or []
+    from sjc_core.commands.sample_setup import from_recipe, standalone
+
+    setup = from_recipe(recipe, sets, registry(), method) if recipe else standalone(prior or "", sets, registry(), method)
     settings = SampleSettings(
-        method=method, n=n, steps=steps or DEFAULT_STEPS[method], seed=seed if seed is not None else (setup.seed or 0),
+        method=method, n=n, steps=steps or DEFAULT_STEPS.get(method, ASCENT_STEPS), seed=seed if seed is not None else (setup.seed or 0),
         batch_size=batch_size, sigma_min=sigma_min, sigma_max=sigma_max, rho=rho, churn=churn, churn_min=churn_min,
         churn_max=churn_max, churn_noise=churn_noise, lr=lr,
     )
     record = generate(setup, settings, out, device or setup.device, overwrite)
     typer.echo(f"wrote {record['n']} {method} samples to {out} (grid: {out / 'grid.png'})")
-
-
-# -- where the prior comes from -------------------------------------------------------------
-def _from_recipe(path: Path, sets: list[str], reg: Any) -> Setup:
-    from sjc_core.recipe import load_recipe
-
-    loaded = load_recipe(path, reg, sets)
-    _check_prior(loaded.prior.options, loaded.base_dir, str(path))
-    return Setup(
-        prior_table=loaded.prior.as_table(),
-        info=loaded.prior.info,
-        options=loaded.prior.options,
-        paas=loaded.settings.paas,
-        base_dir=loaded.base_dir,
-        seed=loaded.settings.seed,
-        device=loaded.settings.device,
-        source=str(path),
-    )
-
-
-def _standalone(name: str, sets: list[str], reg: Any) -> Setup:
-    """A prior named on the command line, with prior.* and paas.* overrides, fully validated."""
-    from pydantic import ValidationError
-
-    from sjc_core.errors import SjcError, did_you_mean
-    from sjc_core.recipe import PaasConfig, apply_override, format_errors
-
-    raw: dict[str, Any] = {"prior": {"name": name}}
-    for assignment in sets:
-        apply_override(raw, assignment)
-    problems = []
-    for key in raw:
-        if key not in STANDALONE_KEYS:
-            hint = did_you_mean(key, STANDALONE_KEYS)
-            problems.append(f"{key}: unknown key{hint} (with --prior, --set takes prior.KEY=VALUE or paas.KEY=VALUE)")
-    table = raw.get("prior")
-    info = options = None
-    if not isinstance(table, dict):
-        problems.append("prior: expected a table; set its keys as prior.KEY=VALUE")
-    else:
-        try:
-            info = reg.get("priors", str(table.get("name")), where="prior.name")
-        except SjcError as exc:
-            problems.extend(exc.problems)
-        if info is not None:
-            try:
-                options = info.options.model_validate({k: v for k, v in table.items() if k != "name"})
-            except ValidationError as exc:
-                problems.extend(format_errors(exc, info.options, prefix="prior."))
-    paas = None
-    paas_table = raw.get("paas", {})
-    if not isinstance(paas_table, dict):
-        problems.append("paas: expected a table; set its keys as paas.KEY=VALUE")
-    else:
-        try:
-            paas = PaasConfig.model_validate(paas_table)
-        except ValidationError as exc:
-            problems.extend(format_errors(exc, PaasConfig, prefix="paas."))
-    if problems:
-        raise SjcError(*problems)
-    assert info is not None and options is not None and paas is not None
-    _check_prior(options, Path.cwd(), None)
-    return Setup(
-        prior_table={"name": info.name, **options.model_dump(mode="json")},
-        info=info,
-        options=options,
-        paas=paas,
-        base_dir=Path.cwd(),
-        seed=None,
-        device="auto",
-        source=f"--prior {info.name}",
-    )
-
-
-def _check_prior(options: Any, base_dir: Path, source: str | None) -> None:
-    """What building the prior checks first (folders, extras, weights), before anything is drawn."""
-    from sjc_core.contracts import BuildContext
-    from sjc_core.errors import SjcError
-    from sjc_core.recipe import preflight_problems
-
-    problems = preflight_problems(options, BuildContext(base_dir=base_dir), "prior")
-    if problems:
-        raise SjcError(*(f"{source}: {problem}" if source else problem for problem in problems))
 
 
 def _check_out(out: Path, overwrite: bool) -> None:
@@ -249,8 +170,8 @@ def generate(setup: Setup, settings: SampleSettings, out: Path, device_setting: 
 
     device = resolve_device(device_setting)
     prior = setup.info.factory(setup.options, BuildContext(device=device, base_dir=setup.base_dir, seed=settings.seed))
-    sigmas, method_record = plan_sigmas(prior, setup, settings)
-    pictures = draw(prior, setup, settings, sigmas, device)
+    sigmas, method_record, estimator = plan_sigmas(prior, setup, settings, device)
+    pictures = draw(prior, estimator, settings, sigmas, device)
 
     if overwrite:
         for stale in out.glob("sample_*.png"):
@@ -270,40 +191,63 @@ def generate(setup: Setup, settings: SampleSettings, out: Path, device_setting: 
     return record
 
 
-def plan_sigmas(prior: Any, setup: Setup, settings: SampleSettings) -> tuple[Any, dict[str, Any]]:
-    """The sigmas to visit and the method's settings as recorded in samples.json.
+def plan_sigmas(prior: Any, setup: Setup, settings: SampleSettings, device: Any = None) -> tuple[Any, dict[str, Any], Any]:
+    """The sigmas to visit, the method's settings as recorded in samples.json, and the estimator.
 
-    karras: ``steps`` Karras levels on the prior's ladder, then 0. paas: the [paas] schedule
-    (random or annealed) over the prior's default range unless paas.sigma_* or --sigma-*
-    say otherwise (the flags win).
+    karras: ``steps`` Karras levels on the prior's ladder, then 0 (no estimator). An
+    estimator: its own schedule for ``steps`` ascent steps, drawn from the engine's schedule
+    stream, with --sigma-min/--sigma-max set as its sigma_min/sigma_max options (the flags
+    win). paas keeps its record: the [paas] settings with the sigma range it resolved.
     """
     import numpy as np
 
     from sjc_core import sampling
+    from sjc_core.contracts import BuildContext
     from sjc_core.errors import SjcError
-    from sjc_core.paas import default_sigma_range, sigma_schedule
+    from sjc_core.paas import default_sigma_range
 
     try:
-        if settings.method == "karras":
+        if settings.method == SAMPLER:
             sigmas = sampling.karras_schedule_for(prior, settings.steps, settings.sigma_min, settings.sigma_max, settings.rho)
             return sigmas, {
                 "rho": settings.rho, "s_churn": settings.churn, "s_min": settings.churn_min,
                 "s_max": settings.churn_max, "s_noise": settings.churn_noise,
-            }
-        paas = setup.paas
-        low, high = default_sigma_range(prior)
-        low = settings.sigma_min or paas.sigma_min or low
-        high = settings.sigma_max or paas.sigma_max or high
-        if low > high:
-            raise ValueError(f"sigma_min {low} is above sigma_max {high}")
+            }, None
+        choice = setup.estimator
+        options = _with_sigma_flags(choice.options, settings)
+        record = options.model_dump(mode="json")
+        if choice.info.name == "paas":
+            low, high = default_sigma_range(prior)
+            low, high = options.sigma_min or low, options.sigma_max or high
+            if low > high:
+                raise ValueError(f"sigma_min {low} is above sigma_max {high}")
+            record.update(sigma_min=low, sigma_max=high)
+        elif getattr(options, "sigma_min", None) is not None and getattr(options, "sigma_max", None) is not None:
+            if options.sigma_min > options.sigma_max:
+                raise ValueError(f"sigma_min {options.sigma_min} is above sigma_max {options.sigma_max}")
+        ctx = BuildContext(base_dir=setup.base_dir, seed=settings.seed, **({"device": device} if device is not None else {}))
+        estimator = choice.info.factory(options, ctx)
         rng = np.random.default_rng([settings.seed, 1])  # the engine's stream for its schedule
-        sigmas = sigma_schedule(paas.schedule, prior.sigmas, settings.steps, rng, low, high)
-        return sigmas, {**paas.model_dump(mode="json"), "sigma_min": low, "sigma_max": high, "lr": settings.lr}
+        sigmas = estimator.schedule(prior, settings.steps, rng)
+        return sigmas, {**record, "lr": settings.lr}, estimator
     except ValueError as exc:
         raise SjcError(f"sigma range: {exc}") from None
 
 
-def draw(prior: Any, setup: Setup, settings: SampleSettings, sigmas: Any, device: Any) -> list[Any]:
+def _with_sigma_flags(options: Any, settings: SampleSettings) -> Any:
+    """The estimator's options with --sigma-min/--sigma-max in its sigma_min/sigma_max."""
+    from sjc_core.errors import SjcError
+
+    update = {}
+    for flag, key, value in (("--sigma-min", "sigma_min", settings.sigma_min), ("--sigma-max", "sigma_max", settings.sigma_max)):
+        if value is not None:
+            if key not in type(options).model_fields:
+                raise SjcError(f"{flag}: the {settings.method} estimator has no {key} option")
+            update[key] = value
+    return options.model_copy(update=update) if update else options
+
+
+def draw(prior: Any, estimator: Any, settings: SampleSettings, sigmas: Any, device: Any) -> list[Any]:
     """Sample ``n`` images in batches; returns uint8 pictures [H, W, 3] (the prior's to_rgb).
 
     Image i draws all its noise from its own generator seeded by (seed, i), so it does not
@@ -324,7 +268,7 @@ def draw(prior: Any, setup: Setup, settings: SampleSettings, sigmas: Any, device
     shape = (prior.channels, prior.resolution, prior.resolution)
     gens = sampling.generators_for(settings.seed, n)
     batches = [range(start, min(start + size, n)) for start in range(0, n, size)]
-    per_batch = len(sigmas) - 1 if settings.method == "karras" else len(sigmas)
+    per_batch = len(sigmas) - 1 if settings.method == SAMPLER else len(sigmas)
     bar = Progress(per_batch * len(batches), label=f"{settings.method} ")
     pictures = []
     try:
@@ -334,7 +278,7 @@ def draw(prior: Any, setup: Setup, settings: SampleSettings, sigmas: Any, device
             def tick(done: int, total: int, sigma: float, x: torch.Tensor, offset: int = number * per_batch) -> None:
                 bar.update(offset + done, f"images {rows.start + 1}-{rows.stop}/{n} sigma {sigma:.4g}")
 
-            if settings.method == "karras":
+            if settings.method == SAMPLER:
                 start = sampling.randn((len(rows), *shape), torch.zeros((), device=device), batch_gens) * float(sigmas[0])
                 result = sampling.sample_heun(
                     denoise, start, sigmas, s_churn=settings.churn, s_min=settings.churn_min, s_max=settings.churn_max,
@@ -343,9 +287,8 @@ def draw(prior: Any, setup: Setup, settings: SampleSettings, sigmas: Any, device
                 )
             else:
                 start = torch.zeros((len(rows), *shape), device=device)
-                result = sampling.paas_ascent(
-                    denoise, start, sigmas, lr=settings.lr, n_noise=setup.paas.n_noise, var_red=setup.paas.var_red,
-                    generator=batch_gens, callback=tick,
+                result = sampling.estimator_ascent(
+                    estimator, prior, start, sigmas, cond, lr=settings.lr, generator=batch_gens, callback=tick
                 )
             if not bool(torch.isfinite(result).all()):
                 raise SjcError(

@@ -1,0 +1,1 @@
+"""Built-in score estimators: paas (SJC, the default), sds (DreamFusion), ism (LucidDreamer)."""

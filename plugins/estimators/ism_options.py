@@ -1,0 +1,94 @@
+"""The ``ism`` estimator's options and registration, without torch (see
+:mod:`sjc_plugins.estimators.ism` for the estimator itself).
+
+Defaults are LucidDreamer's published ones, written as fractions of the noise ladder (its
+1000 DDIM timesteps): t in [0.02, 0.5] after a warm-up that starts at 0.98, interval
+delta_T = 80 (annealed from 100), x_s reached by at most 5 inversion steps of 200, the
+inversion unconditional, the warm-up 1500 of 5000 iterations.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from sjc_core.hookspecs import hookimpl
+from sjc_core.recipe import MAX_SIGMA, Float, Int
+from sjc_plugins.estimators.sds_options import MAX_SCALE, check_fraction_pair, check_sigma_order
+
+if TYPE_CHECKING:
+    from sjc_core.contracts import BuildContext
+    from sjc_plugins.estimators.ism import IsmEstimator
+
+MAX_INVERSION_STEPS = 1000
+
+
+class IsmOptions(BaseModel):
+    """Options of the ``ism`` estimator (a recipe's ``[estimator]`` table with ``name = "ism"``)."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    t_range: tuple[Float, Float] = Field(
+        (0.02, 0.5), description="t drawn uniformly between these fractions of the ladder once warmed up (0.02..0.5)"
+    )
+    warmup_t_max: Float = Field(
+        0.98, ge=0, le=1, description="upper end of t at the start; it falls linearly to t_range's over the warm-up"
+    )
+    warmup: Float = Field(
+        0.3, ge=0, le=1, description="fraction of training the warm-up lasts (LucidDreamer: 1500 of 5000 steps; 0: none)"
+    )
+    interval: Float = Field(0.08, gt=0, le=1, description="delta_T: s = t - interval, a fraction of the ladder (80/1000)")
+    interval_start: Float = Field(
+        0.1, gt=0, le=1, description="the interval at the start of the warm-up, annealed to interval (100/1000)"
+    )
+    inversion_stride: Float = Field(
+        0.2, gt=0, le=1, description="DDIM inversion step from the render up to s, a fraction of the ladder (200/1000)"
+    )
+    inversion_steps: Int = Field(
+        5,
+        ge=0,
+        le=MAX_INVERSION_STEPS,
+        description=f"most inversion steps to s (0: noise the render straight to s; at most {MAX_INVERSION_STEPS})",
+    )
+    inversion_condition: Literal["unconditional", "view"] = Field(
+        "unconditional",
+        description="conditioning of the inversion and of D(x_s): unconditional (the prior's unconditional() when it "
+        "has one, else condition(None)) or the view's own",
+    )
+    sigma_min: Float | None = Field(
+        None, gt=0, le=MAX_SIGMA, description=f"cut the ladder below this sigma first (at most {MAX_SIGMA:g}); default: its bottom"
+    )
+    sigma_max: Float | None = Field(
+        None, gt=0, le=MAX_SIGMA, description=f"cut the ladder above this sigma first (at most {MAX_SIGMA:g}); default: its top"
+    )
+    scale: Float = Field(1.0, gt=0, le=MAX_SCALE, description=f"multiplies the gradient (0 < scale <= {MAX_SCALE:g})")
+
+    @field_validator("t_range")
+    @classmethod
+    def _fractions(cls, value: tuple[float, float]) -> tuple[float, float]:
+        return check_fraction_pair(value)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "IsmOptions":
+        check_sigma_order(self.sigma_min, self.sigma_max)
+        if self.warmup_t_max < self.t_range[1]:
+            raise ValueError(f"warmup_t_max: {self.warmup_t_max:g} is below t_range's upper end {self.t_range[1]:g}")
+        return self
+
+
+@hookimpl
+def register_estimators(register) -> None:  # type: ignore[no-untyped-def]
+    register(
+        name="ism",
+        factory=build_ism,
+        description="LucidDreamer's interval score matching: DDIM-invert the render to s, then D(x_t) - D(x_s)",
+        options=IsmOptions,
+    )
+
+
+def build_ism(options: IsmOptions, ctx: BuildContext) -> IsmEstimator:
+    """The registered factory: imports the estimator (and torch) on first use."""
+    from sjc_plugins.estimators.ism import IsmEstimator
+
+    return IsmEstimator(options)
