@@ -8,6 +8,9 @@ The rules (the README states them for users):
   ``[paas]`` table, or with neither table, runs PAAS exactly as before.
 - Giving both tables is an error (one line): they would say the same thing twice, or
   contradict each other.
+- ``--set estimator.name=NAME`` switches estimator on any recipe (a shipped one's ``[paas]``
+  included): the other estimator's options are dropped, NAME starts from its defaults, and
+  later ``--set estimator.KEY=VALUE`` apply to it (:func:`switch_estimator`).
 - PAAS is the engine's default, so it is known even when ``SJC_PLUGINS`` hides the
   built-in plugins; the resolved recipe (``sjc validate``, a run's ``recipe.toml``) always
   spells it ``[paas]``, and every other estimator ``[estimator]``.
@@ -63,6 +66,20 @@ def with_paas(registry: Registry) -> Registry:
     if (KIND, DEFAULT) in registry.entries:
         return registry
     return replace(registry, entries={**registry.entries, (KIND, DEFAULT): paas_info(registry)})
+
+
+def switch_estimator(raw: dict[str, Any], name: Any) -> None:
+    """Before ``--set estimator.name=NAME`` is applied: make ``raw`` hold one ``[estimator]``
+    table for NAME. The current estimator's options carry over only when it is NAME (for
+    ``paas``, from the legacy table); another estimator's would be unknown keys to NAME."""
+    legacy = raw.pop(LEGACY_TABLE, None)
+    current = raw.get(TABLE) or None  # the empty table that applying the key has just made counts as none
+    if isinstance(current, dict) and current.get("name", DEFAULT) == name:
+        return
+    if name == DEFAULT and isinstance(legacy, dict) and current is None:
+        raw[TABLE] = {"name": DEFAULT, **legacy}
+        return
+    raw[TABLE] = {"name": name}
 
 
 def without_table(raw: dict[str, Any]) -> dict[str, Any]:

@@ -36,7 +36,14 @@ from pydantic import (
 )
 
 from sjc_core.errors import SjcError
-from sjc_core.estimator_recipe import choose_estimator, estimator_keys, resolve_tables, without_table
+from sjc_core.estimator_recipe import TABLE as ESTIMATOR_TABLE
+from sjc_core.estimator_recipe import (
+    choose_estimator,
+    estimator_keys,
+    resolve_tables,
+    switch_estimator,
+    without_table,
+)
 from sjc_core.plugins import SINGULAR, PluginInfo, Registry
 from sjc_core.recipe_errors import (  # noqa: F401
     coercion_problems,
@@ -388,7 +395,11 @@ def apply_override(raw: dict[str, Any], assignment: str) -> None:
     last = parts[-1]
     if isinstance(node, list):
         raise SjcError(f"--set {shown}: name a key inside the loss, e.g. {shown}.weight=1")
-    node[last] = parse_value(text.strip())
+    value = parse_value(text.strip())
+    if parts == [ESTIMATOR_TABLE, "name"]:  # switching estimator drops the other one's options
+        switch_estimator(raw, value)
+        node = raw[ESTIMATOR_TABLE]
+    node[last] = value
 
 
 def _list_item(items: list[Any], part: str, where: str) -> dict[str, Any]:

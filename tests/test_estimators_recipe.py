@@ -218,3 +218,29 @@ def test_sjc_sample_from_a_paas_recipe_with_another_method(tmp_path: Path, image
     code, out, err = run_sjc_command(*args, "--out", tmp_path / "o", cwd=tmp_path)
     assert code == 0, err
     assert json.loads((tmp_path / "o" / "samples.json").read_text())["sds"]["n_noise"] == 2
+
+
+def test_set_estimator_name_switches_a_shipped_recipe(registry) -> None:  # type: ignore[no-untyped-def]
+    """`--set estimator.name=NAME` on a recipe with a legacy [paas] table: NAME from its
+    defaults, then later `--set estimator.*` apply; naming paas keeps the [paas] options."""
+    from sjc_core.recipe import load_recipe
+
+    chair = Path(__file__).resolve().parents[1] / "recipes" / "chair.toml"
+    sds = load_recipe(chair, registry, overrides=["estimator.name=sds", 'estimator.weighting="uniform"'])
+    assert sds.estimator.info.name == "sds" and sds.estimator.options.weighting == "uniform"
+    assert sds.estimator.options.t_range == (0.02, 0.98)  # the rest: sds's defaults
+    kept = load_recipe(chair, registry, overrides=["paas.n_noise=3", "estimator.name=paas"])
+    assert kept.estimator.info.name == "paas" and kept.estimator.options.n_noise == 3
+    assert kept.estimator.options.var_red is True
+    back = load_recipe(chair, registry, overrides=["estimator.name=ism", "estimator.name=sds"])
+    assert back.estimator.info.name == "sds"
+
+
+def test_set_estimator_name_through_the_cli() -> None:
+    root = Path(__file__).resolve().parents[1]
+    code, _, err = run_sjc_command("validate", "recipes/chair.toml", "--set", "estimator.name=sds", cwd=root)
+    assert code == 0, err
+    code, _, err = run_sjc_command(
+        "validate", "recipes/chair.toml", "--set", "estimator.name=sds", "--set", "estimator.var_red=true", cwd=root
+    )
+    assert code == 2 and err.count("\n") == 1 and "estimator.var_red" in err and "Traceback" not in err, err
