@@ -124,9 +124,10 @@ def measure(name: str, data: Path, scratch: Path, args, log) -> dict[str, Any]:
     for steps in args.fit_steps:
         log(f"{name}: fit {steps} steps")
         fits.append(run_fit(data, scratch / name / f"fit-{steps}", steps, log=lambda line: None))
-    best = max(fits, key=lambda f: f["best_db"])
-    row["fit"] = {"runs": fits, "best_db": best["best_db"], "best_steps": best["best_step"],
-                  "final_db": fits[-1]["psnr_db"], "final_steps": fits[-1]["steps"]}
+    if fits:
+        best = max(fits, key=lambda f: f["best_db"])
+        row["fit"] = {"runs": fits, "best_db": best["best_db"], "best_steps": best["best_step"],
+                      "final_db": fits[-1]["psnr_db"], "final_steps": fits[-1]["steps"]}
     if args.sjc_steps:
         log(f"{name}: sjc {max(args.sjc_steps)} steps")
         row["sjc"] = run_sjc(data, args.sjc_steps, test, args.recipe, args.set or [], log)
@@ -139,7 +140,7 @@ def table(rows: list[dict[str, Any]], sjc_steps: list[int]) -> str:
     for row in rows:
         sjc = row.get("sjc", {}).get("psnr_db_at", {})
         lines.append([
-            row["object"], f"{row['fit']['best_db']:.2f}", f"{row['fit']['final_db']:.2f}",
+            row["object"], *(f"{row['fit'][key]:.2f}" if "fit" in row else "-" for key in ("best_db", "final_db")),
             *[f"{sjc[str(s)]:.2f}" if str(s) in sjc else "-" for s in sjc_steps],
             f"{row['baseline']['mean_picture_db']:.2f}", f"{row['baseline']['nearest_view_db']:.2f}",
         ])
@@ -154,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--suite", type=Path, default=ROOT / "data" / "suite", help="the suite's folder (made when missing)")
     parser.add_argument("--objects", nargs="+", default=list(OBJECTS), choices=list(OBJECTS))
-    parser.add_argument("--fit-steps", nargs="+", type=int, default=[2000], help="one fit per value; best (during training) and final (longest) reported")
+    parser.add_argument("--fit-steps", nargs="*", type=int, default=[2000], help="one fit per value; best (during training) and final (longest) reported (none: no fit)")
     parser.add_argument("--sjc-steps", nargs="*", type=int, default=[500, 1000, 2000], help="SJC held-out PSNR at these steps of one run")
     parser.add_argument("--recipe", type=Path, default=ROOT / "recipes" / "demo.toml")
     parser.add_argument("--set", action="append", help="recipe override KEY=VALUE for the SJC runs (repeatable)")

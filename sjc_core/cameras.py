@@ -109,6 +109,37 @@ def sample_train_view(
     )
 
 
+def camera_angles(c2w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(azimuth, polar draw) in degrees of cameras [N, 4, 4], inverting cameras.eye_on_sphere.
+
+    eye_on_sphere puts the eye at r (sin p cos(pi - a), cos p, sin p sin(pi - a)) with the
+    polar angle p = arccos(1 - 2 v / pi), so v = (1 - cos p) * pi / 2 (90 * (1 - y/r) in
+    degrees) and a = pi - atan2(z, x).
+    """
+    eyes = np.asarray(c2w, dtype=np.float64).reshape(-1, 4, 4)[:, :3, 3]
+    directions = eyes / np.maximum(np.linalg.norm(eyes, axis=-1), 1e-12)[:, None]
+    polar_draw = 90.0 * (1.0 - np.clip(directions[:, 1], -1.0, 1.0))
+    azimuth = np.degrees(np.pi - np.arctan2(directions[:, 2], directions[:, 0])) % 360.0
+    return azimuth, polar_draw
+
+
+def pick_posed_view(rng: np.random.Generator, poses: np.ndarray, fov_deg: float, overhead_below: float = 30.0) -> TrainView:
+    """One of a posed image set's own cameras, drawn uniformly (``camera.poses = "prior"``).
+
+    Training where the data was taken lets a prior made of those pictures (the empirical
+    prior) supervise each render with the picture of that very camera.
+    """
+    pose = np.asarray(poses[int(rng.integers(len(poses)))], dtype=np.float64)
+    azimuth, polar_draw = (float(a[0]) for a in camera_angles(pose))
+    return TrainView(
+        c2w=pose,
+        fov_deg=float(fov_deg),
+        label=view_label(azimuth, polar_draw, overhead_below),
+        azimuth_deg=azimuth,
+        polar_draw_deg=polar_draw,
+    )
+
+
 def spiral_path(radius: float, height: float, frames: int, rounds: int) -> list[np.ndarray]:
     """The reference's test spiral: descends from ``height`` while circling ``rounds`` times.
 

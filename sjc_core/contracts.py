@@ -26,7 +26,9 @@ class BuildContext:
 
     ``base_dir`` resolves relative paths in options (the recipe's folder).
     ``channels`` and ``value_range`` describe the prior's images; fields read them to size
-    their feature grid and pick their default feature activation.
+    their feature grid and pick their default feature activation. ``backdrop`` is the plain
+    background colour of the prior's images in its value space (the prior's optional
+    ``plain_background``), or None: fields may start their background and colours at it.
     """
 
     device: torch.device = field(default_factory=_cpu)
@@ -34,6 +36,7 @@ class BuildContext:
     channels: int | None = None
     value_range: tuple[float, float] | None = None
     seed: int = 0
+    backdrop: tuple[float, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -72,11 +75,14 @@ class CameraHint:
     """Cameras a prior's own images were taken with (posed image sets).
 
     Training with the data's radius and field of view avoids pulling renders toward the
-    wrong scale; the engine uses this when ``camera.follow_prior`` is true.
+    wrong scale; the engine uses this when ``camera.follow_prior`` is true. ``poses``
+    ([N, 4, 4] camera-to-world, host numbers) are the cameras themselves: with
+    ``camera.poses = "prior"`` training draws among them.
     """
 
     radius: float
     fov_deg: float
+    poses: Any = field(default=None, compare=False, repr=False)
 
 
 @runtime_checkable
@@ -90,6 +96,8 @@ class Prior(Protocol):
     - ``render_resolution: int`` -- size to render at; the engine resizes bilinearly to
       ``resolution`` before scoring, as the reference does for 256px pixel models.
     - ``camera_hint: CameraHint | None`` -- radius and field of view of its own cameras.
+    - ``plain_background: tuple[float, ...] | None`` -- the one colour (value space, one
+      number per channel) that its images' borders share, when they share one.
     """
 
     channels: int

@@ -149,6 +149,11 @@ class CameraConfig(BaseModel):
     follow_prior: Flag = pydantic.Field(
         True, description="use the prior's own camera radius and field of view when it has posed images"
     )
+    poses: Literal["sphere", "prior"] = pydantic.Field(
+        "sphere",
+        description="sphere: draw training cameras on the sphere (radius, azimuth and polar ranges); prior: draw "
+        "among the prior's own cameras (a posed image set), each with the data's field of view",
+    )
     resolution: Int | None = pydantic.Field(
         None, gt=0, le=MAX_RENDER_SIZE, description=f"render size (at most {MAX_RENDER_SIZE}); default: the prior's resolution"
     )

@@ -16,8 +16,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from sjc_core.cameras import TrainView, intrinsics, sample_train_view
+from sjc_core.cameras import TrainView, intrinsics, pick_posed_view, sample_train_view
 from sjc_core.contracts import BuildContext, Loss, Prior, View
+from sjc_core.errors import SjcError
 from sjc_core.optim import Adamax
 from sjc_core.estimation import Estimator
 from sjc_core.estimator_recipe import estimator_of
@@ -41,7 +42,10 @@ def build_components(recipe: Recipe, device: torch.device) -> Components:
     """Build prior, then the field sized by the prior's channels, then the losses."""
     ctx = BuildContext(device=device, base_dir=recipe.base_dir, seed=recipe.settings.seed)
     prior = recipe.prior.info.factory(recipe.prior.options, ctx)
-    field_ctx = replace(ctx, channels=prior.channels, value_range=prior.value_range)
+    field_ctx = replace(
+        ctx, channels=prior.channels, value_range=prior.value_range,
+        backdrop=getattr(prior, "plain_background", None),
+    )
     field_module = recipe.field.info.factory(recipe.field.options, field_ctx).to(device)
     losses = [(choice.info.name, choice.info.factory(choice.options, ctx)) for choice in recipe.losses]
     return Components(prior=prior, field=field_module, losses=losses, device=device)
@@ -54,15 +58,25 @@ class CameraPlan:
     radius: float
     fov_range: tuple[float, float]
     render_size: int
+    poses: np.ndarray | None = None  # camera.poses = "prior": training cameras are drawn among these
 
 
 def camera_plan(recipe: Recipe, prior: Prior) -> CameraPlan:
     camera = recipe.settings.camera
+    size = int(camera.resolution or getattr(prior, "render_resolution", None) or prior.resolution)
+    if camera.poses == "prior":
+        posed = getattr(prior, "camera_hint", None)
+        if posed is None or posed.poses is None:
+            raise SjcError(
+                "camera.poses: 'prior' needs a prior with posed images (for the empirical prior, a folder with "
+                "transforms_train.json); use 'sphere'"
+            )
+        poses = np.asarray(posed.poses, dtype=np.float64).reshape(-1, 4, 4)
+        return CameraPlan(posed.radius, (posed.fov_deg, posed.fov_deg), size, poses)
     hint = getattr(prior, "camera_hint", None) if camera.follow_prior else None
     radius = hint.radius if hint else camera.radius
     fov_range = (hint.fov_deg, hint.fov_deg) if hint else camera.fov_range
-    size = camera.resolution or getattr(prior, "render_resolution", None) or prior.resolution
-    return CameraPlan(radius=radius, fov_range=fov_range, render_size=int(size))
+    return CameraPlan(radius=radius, fov_range=fov_range, render_size=size)
 
 
 @dataclass
@@ -142,7 +156,10 @@ class Trainer:
         )
 
     def draw_view(self) -> TrainView:
-        return sample_train_view(self.camera_rng, self.recipe.settings.camera, self.plan.radius, self.plan.fov_range)
+        camera = self.recipe.settings.camera
+        if self.plan.poses is not None:
+            return pick_posed_view(self.camera_rng, self.plan.poses, self.plan.fov_range[0], camera.overhead_below)
+        return sample_train_view(self.camera_rng, camera, self.plan.radius, self.plan.fov_range)
 
     def _clock(self) -> float:
         if self.synchronize is not None:

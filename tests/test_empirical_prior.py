@@ -21,7 +21,8 @@ from sjc_core.datasets import write_transforms
 from sjc_core.errors import SjcError
 from sjc_core.plugins import load_registry
 from sjc_core.recipe import validate_recipe
-from sjc_plugins.priors.empirical import EmpiricalPrior, camera_angles
+from sjc_core.cameras import camera_angles
+from sjc_plugins.priors.empirical import EmpiricalPrior
 
 GEN = torch.Generator().manual_seed(0)
 

@@ -32,9 +32,9 @@ from sjc_plugins.fields.hashgrid_options import (  # noqa: F401 (re-exported: th
     Backend,
     HashGridOptions,
 )
+from sjc_plugins.fields.backdrop import backdrop_background, plain_backdrop, register_backdrop
 from sjc_plugins.fields.voxel import (  # same activations, sizes, background as the voxel field
     activate,
-    background_lookup,
     grid_xyz,
 )
 
@@ -173,6 +173,8 @@ class HashGridField(nn.Module):
         if activation == "auto":
             activation = "identity" if ctx.value_range is None else "2*sigmoid-1"
         self.activation = activation
+        backdrop = plain_backdrop(options.background_from_prior, ctx.backdrop, channels, activation)
+        register_backdrop(self, backdrop, channels, "cpu")
 
     def encode(self, points: torch.Tensor) -> torch.Tensor:
         """Hash features [N, L*F] of world points [N, 3] (normalised to [0, 1] inside the box)."""
@@ -198,9 +200,7 @@ class HashGridField(nn.Module):
 
     def background(self, directions: torch.Tensor) -> torch.Tensor:
         """The voxel field's spherical texture lookup (same mapping, activation included)."""
-        if self.bg is None:
-            return torch.zeros(directions.shape[0], self.channels, dtype=self.aabb.dtype, device=directions.device)
-        return background_lookup(self.bg, directions, self.activation)
+        return backdrop_background(self, directions, self.aabb.dtype)
 
     def param_groups(self, lr: float) -> list[dict[str, Any]]:
         """Table at ``lr``, MLP at ``lr * mlp_lr_scale``, background at ``bg_lr``."""

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from sjc_core.hookspecs import hookimpl
-from sjc_core.recipe import Float, Int
+from sjc_core.recipe import Flag, Float, Int
 from sjc_plugins.fields.voxel_options import (  # same sizes and checks as the voxel field
     MAX_RAY_SAMPLES,
     MAX_TEXTURE,
@@ -80,6 +80,11 @@ class HashGridOptions(BaseModel):
         1.0, ge=0, le=1000, description="std of the normal draw for the initial background (features start near 0)"
     )
     bg_lr: Float = Field(1e-4, ge=0, le=1000, description="learning rate of the background texture (at most 1000)")
+    background_from_prior: Flag = Field(
+        True,
+        description="when the prior reports a plain backdrop (an image set whose borders are one colour), the "
+        "background starts at it (and keeps it as its base), so empty space shows that backdrop, not a grey haze",
+    )
 
     # The hash grid itself.
     backend: Backend = Field(

@@ -30,6 +30,7 @@ from sjc_core.errors import SjcError
 from sjc_core.render import SampleBundle
 from sjc_plugins.fields._voxel_native import NativeVoxelRender, kernel_or_reason, native_plan
 from sjc_plugins.fields._voxel_torch import TorchVoxelRender, torch_plan
+from sjc_plugins.fields.backdrop import backdrop_background, plain_backdrop, register_backdrop
 from sjc_plugins.fields.shading import activate, background_lookup
 from sjc_plugins.fields.trilinear import TrilinearGather, trilinear_corners
 from sjc_plugins.fields.voxel_options import (  # noqa: F401 (re-exported: the options live there)
@@ -57,6 +58,7 @@ class VoxelField(torch.nn.Module):
         value_range: tuple[float, float] | None = None,
         seed: int = 0,
         device: torch.device | str = "cpu",
+        backdrop: tuple[float, ...] | None = None,
     ) -> None:
         super().__init__()
         self.options = options
@@ -81,6 +83,7 @@ class VoxelField(torch.nn.Module):
         def normal(*shape: int) -> torch.Tensor:
             return torch.randn(*shape, generator=gen) * std if std > 0 else torch.zeros(*shape)
 
+        backdrop = plain_backdrop(options.background_from_prior, backdrop, self.channels, self.activation)
         self.density_grid = torch.nn.Parameter(torch.full((Z, Y, X), float(options.init_density)).to(device))
         self.feature_grid = torch.nn.Parameter(normal(Z, Y, X, self.channels).to(device))
         self.d_scale = torch.nn.Parameter(torch.tensor(0.0, device=device))
@@ -88,6 +91,7 @@ class VoxelField(torch.nn.Module):
         self.bg: torch.nn.Parameter | None = (
             torch.nn.Parameter(normal(1, self.channels, size, size).to(device)) if size > 0 else None
         )
+        register_backdrop(self, backdrop, self.channels, device)
 
     @staticmethod
     def _resolve_backend(choice: str, device: torch.device) -> str:
@@ -142,10 +146,7 @@ class VoxelField(torch.nn.Module):
         return activate(self._gather(self.feature_grid, points), self.activation)
 
     def background(self, directions: torch.Tensor) -> torch.Tensor:
-        if self.bg is None:
-            zeros = directions.new_zeros(directions.shape[0], self.channels)
-            return zeros.to(self.feature_grid.dtype)
-        return background_lookup(self.bg, directions, self.activation)
+        return backdrop_background(self, directions, self.feature_grid.dtype)
 
     def param_groups(self, lr: float) -> list[dict[str, Any]]:
         """Grids and density scale at ``lr``, the background texture at ``bg_lr`` (as the reference)."""
@@ -205,7 +206,7 @@ def build_voxel_field(options: VoxelOptions, ctx: BuildContext) -> VoxelField:
         raise SjcError("field.voxel: the prior's channel count is unknown (BuildContext.channels is None)")
     if ctx.channels < 1:
         raise SjcError(f"field.voxel: channels must be >= 1 (got {ctx.channels})")
-    return VoxelField(options, ctx.channels, ctx.value_range, ctx.seed, ctx.device)
+    return VoxelField(options, ctx.channels, ctx.value_range, ctx.seed, ctx.device, ctx.backdrop)
 
 
 __all__ = ["VoxelField", "VoxelOptions", "activate", "background_lookup", "build_voxel_field", "check_grid_size", "grid_xyz"]

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from sjc_core.hookspecs import hookimpl
-from sjc_core.recipe import Float, Int
+from sjc_core.recipe import Flag, Float, Int
 
 if TYPE_CHECKING:
     from sjc_core.contracts import BuildContext
@@ -80,6 +80,11 @@ class VoxelOptions(BaseModel):
         description="std of the normal draw for initial features and background (the reference: 1; at most 1000)",
     )
     bg_lr: Float = Field(1e-4, ge=0, le=1000, description="learning rate of the background texture (at most 1000)")
+    background_from_prior: Flag = Field(
+        True,
+        description="when the prior reports a plain backdrop (an image set whose borders are one colour), the "
+        "background starts at it (and keeps it as its base), so empty space shows that backdrop, not a grey haze",
+    )
     backend: Backend = Field(
         "auto",
         description="render path: native (compiled per-ray kernel, CPU), torch (fused torch ops, any device), "

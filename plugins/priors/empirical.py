@@ -29,7 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from sjc_core.cameras import view_label
+from sjc_core.cameras import camera_angles, view_label
 from sjc_core.contracts import BuildContext, CameraHint, View
 from sjc_core.datasets import (
     IMAGE_EXTENSIONS,
@@ -56,19 +56,6 @@ DEFAULT_PAAS_SIGMA_MIN = 0.1
 DEFAULT_PAAS_SIGMA_MAX_64 = 20.0
 REFERENCE_DIMENSION = 3 * 64 * 64
 _CACHE_LIMIT = 4096
-
-
-def camera_angles(c2w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(azimuth, polar draw) in degrees of cameras [N, 4, 4], inverting cameras.eye_on_sphere.
-
-    eye_on_sphere puts the eye at r (sin p cos(pi - a), cos p, sin p sin(pi - a)) with the
-    polar angle p = arccos(1 - 2 v / pi), so v = (1 - cos p) * pi / 2 (90 * (1 - y/r) in
-    degrees) and a = pi - atan2(z, x).
-    """
-    directions, _ = camera_directions(np.asarray(c2w, dtype=np.float64).reshape(-1, 4, 4))
-    polar_draw = 90.0 * (1.0 - np.clip(directions[:, 1], -1.0, 1.0))
-    azimuth = np.degrees(np.pi - np.arctan2(directions[:, 2], directions[:, 0])) % 360.0
-    return azimuth, polar_draw
 
 
 def label_of_pose(c2w: np.ndarray, overhead_below: float = 30.0) -> str:
@@ -141,8 +128,9 @@ class EmpiricalPrior:
             azimuth, polar_draw = camera_angles(c2w)
             self.labels = [view_label(float(a), float(v), self.overhead_below) for a, v in zip(azimuth, polar_draw)]
             if fov_deg is not None:
-                self.camera_hint = CameraHint(radius=float(radii.mean()), fov_deg=float(fov_deg))
+                self.camera_hint = CameraHint(radius=float(radii.mean()), fov_deg=float(fov_deg), poses=c2w)
         self._cache: dict[Any, torch.Tensor | None] = {}
+        self.plain_background = plain_background(images)
 
     # -- conditioning -------------------------------------------------------------------
     def condition(self, view: View | None) -> torch.Tensor | None:
@@ -292,6 +280,23 @@ def _square(image: torch.Tensor, resolution: int) -> torch.Tensor:
             image[None], size=(resolution, resolution), mode="bilinear", antialias=side > resolution, align_corners=False
         )[0]
     return image.clamp(0.0, 1.0)
+
+
+def plain_background(images: torch.Tensor, tolerance: float = 0.04, share: float = 0.95) -> tuple[float, ...] | None:
+    """The colour that the images' borders share, or None when they share none.
+
+    A border pixel counts when every channel lies within ``tolerance`` (value units, [-1, 1])
+    of the per-channel median of all border pixels; ``share`` of them must count, so an
+    object that touches the frame here and there still leaves a plain backdrop. Fields
+    start their background and colours at this colour (``BuildContext.backdrop``).
+    """
+    ring = torch.cat([images[..., 0, :], images[..., -1, :], images[..., 1:-1, 0], images[..., 1:-1, -1]], dim=-1)
+    pixels = ring.permute(1, 0, 2).reshape(images.shape[1], -1).float()
+    median = pixels.median(dim=1).values
+    inside = ((pixels - median[:, None]).abs() <= tolerance).all(dim=0)
+    if float(inside.float().mean()) < share:
+        return None
+    return tuple(round(float(v), 4) for v in median)
 
 
 def _cropped_fov(fov_deg: float, height: int, width: int) -> float:
