@@ -155,7 +155,13 @@ class Field(Protocol):
 
 @runtime_checkable
 class Loss(Protocol):
-    """A regulariser; its weight schedule lives inside it."""
+    """A regulariser; its weight schedule lives inside it.
+
+    Optional hook: ``attach(field=..., prior=..., device=...)``. When a loss has it, the
+    trainer calls it once after building the field (before any step), so a loss can render
+    views of its own (the ``reference-view`` loss renders the input picture's camera with
+    :func:`sjc_core.render.render_view`) or ask the prior to encode a target.
+    """
 
     def __call__(self, render: RenderOutput, progress: float) -> torch.Tensor:
         """Weighted scalar loss for one render; ``progress`` runs over [0, 1)."""

@@ -48,6 +48,10 @@ def build_components(recipe: Recipe, device: torch.device) -> Components:
     )
     field_module = recipe.field.info.factory(recipe.field.options, field_ctx).to(device)
     losses = [(choice.info.name, choice.info.factory(choice.options, ctx)) for choice in recipe.losses]
+    for _, loss in losses:  # optional hook: losses that render views of their own (reference-view)
+        attach = getattr(loss, "attach", None)
+        if callable(attach):
+            attach(field=field_module, prior=prior, device=device)
     return Components(prior=prior, field=field_module, losses=losses, device=device)
 
 

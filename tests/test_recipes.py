@@ -61,7 +61,7 @@ README = [
 ]
 
 UNCONDITIONAL = {"ffhq": "ffhq", "lsun-bedroom": "lsun-bedroom"}  # recipe slug -> prior plugin
-OTHERS = {"demo"}
+OTHERS = {"demo", "image-to-3d"}
 
 
 @pytest.fixture(scope="module")
@@ -144,3 +144,11 @@ def test_a_recipe_validates_through_the_cli(run_sjc) -> None:
 
 def test_demo_validates(registry) -> None:
     load("demo", registry)
+
+
+def test_image_to_3d_validates(registry) -> None:
+    """Zero123 weights are a note on this machine, not an error: the recipe itself loads."""
+    recipe = load("image-to-3d", registry)
+    assert recipe.prior.info.name == "zero123" and recipe.settings.camera.follow_prior
+    assert [choice.info.name for choice in recipe.losses][0] == "reference-view"
+    assert (RECIPES / recipe.prior.options.image).is_file()

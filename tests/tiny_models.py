@@ -225,3 +225,83 @@ def build_score_sde_folder(folder: Path, seed: int = 0, size: int = PIXEL_SIZE) 
     }
     (folder / "model_index.json").write_text(json.dumps(index, indent=2))
     return folder
+
+
+# -- Zero123 (issue 16) ----------------------------------------------------------------------
+ZERO123_LATENT_SIZE = 16  # the UNet's sample size; pictures are 32x32 (the tiny VAE halves)
+ZERO123_EMBED = 32  # CLIP image embedding width = the UNet's cross-attention width
+ZERO123_CLIP_SIZE = 32  # the tiny image encoder's input size
+
+
+def build_zero123_folder(folder: Path, projection_folder: str = "cc_projection", seed: int = 0) -> Path:
+    """A tiny Zero123 folder in the diffusers layout, random weights.
+
+    ``projection_folder`` picks the layout of the camera projection: ``cc_projection``
+    (diffusers' community Zero1to3 pipeline, parameters ``projection.*``, config
+    ``in_channel``/``out_channel``) or ``clip_camera_projection`` (the ashawkey conversions
+    DreamGaussian loads, parameters ``proj.*``, config ``embedding_dim``/``additional_embeddings``).
+    The UNet takes 8 channels (noisy latent + the picture's latent), the image encoder is a
+    ``CLIPVisionModelWithProjection``, the scheduler the real models' DDIM configuration.
+    """
+    from diffusers import DDIMScheduler, UNet2DConditionModel
+    from safetensors.torch import save_file
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    torch.manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)
+    unet = UNet2DConditionModel(**{**TINY_SD_UNET, "in_channels": 8, "cross_attention_dim": ZERO123_EMBED})
+    vae = tiny_vae(ZERO123_LATENT_SIZE)
+    image_encoder = CLIPVisionModelWithProjection(
+        CLIPVisionConfig(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            image_size=ZERO123_CLIP_SIZE,
+            patch_size=8,
+            projection_dim=ZERO123_EMBED,
+        )
+    )
+    for module in (unet, vae, image_encoder):
+        _nonzero_output(module, generator)
+    scheduler = DDIMScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000,
+        clip_sample=False, set_alpha_to_one=False, steps_offset=1,
+    )
+    folder.mkdir(parents=True, exist_ok=True)
+    unet.save_pretrained(folder / "unet")
+    vae.save_pretrained(folder / "vae")
+    image_encoder.save_pretrained(folder / "image_encoder")
+    scheduler.save_pretrained(folder / "scheduler")
+    extractor = folder / "feature_extractor"
+    extractor.mkdir(exist_ok=True)
+    (extractor / "preprocessor_config.json").write_text(json.dumps({
+        "crop_size": ZERO123_CLIP_SIZE, "do_center_crop": True, "do_normalize": True, "do_resize": True,
+        "feature_extractor_type": "CLIPFeatureExtractor", "image_mean": [0.48145466, 0.4578275, 0.40821073],
+        "image_std": [0.26862954, 0.26130258, 0.27577711], "resample": 3, "size": ZERO123_CLIP_SIZE,
+    }, indent=2))
+    in_features = ZERO123_EMBED + 4
+    weight = torch.randn(ZERO123_EMBED, in_features, generator=generator) / in_features**0.5
+    bias = torch.randn(ZERO123_EMBED, generator=generator) * 0.1
+    projection = folder / projection_folder
+    projection.mkdir(exist_ok=True)
+    if projection_folder == "cc_projection":
+        config = {"_class_name": "CCProjection", "in_channel": in_features, "out_channel": ZERO123_EMBED}
+        state, index_entry, pipeline = {"projection.weight": weight, "projection.bias": bias}, ["pipeline_zero1to3", "CCProjection"], "Zero1to3StableDiffusionPipeline"
+    else:
+        config = {"_class_name": "CLIPCameraProjection", "embedding_dim": ZERO123_EMBED, "additional_embeddings": 4}
+        state, index_entry, pipeline = {"proj.weight": weight, "proj.bias": bias}, ["zero123", "CLIPCameraProjection"], "Zero123Pipeline"
+    (projection / "config.json").write_text(json.dumps({**config, "_diffusers_version": "0.21.4"}, indent=2))
+    save_file({k: v.contiguous() for k, v in state.items()}, str(projection / "diffusion_pytorch_model.safetensors"))
+    index = {
+        "_class_name": pipeline,
+        "_diffusers_version": "0.21.4",
+        projection_folder: index_entry,
+        "feature_extractor": ["transformers", "CLIPImageProcessor"],
+        "image_encoder": ["transformers", "CLIPVisionModelWithProjection"],
+        "scheduler": ["diffusers", "DDIMScheduler"],
+        "unet": ["diffusers", "UNet2DConditionModel"],
+        "vae": ["diffusers", "AutoencoderKL"],
+    }
+    (folder / "model_index.json").write_text(json.dumps(index, indent=2))
+    return folder
