@@ -26,7 +26,6 @@ one JSON object with every figure; progress goes to stderr.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -40,7 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from object_suite import baselines, run_sjc  # noqa: E402 (the suite benchmark's own scoring)
+from object_suite import baselines, emit, ensure_suite, run_sjc  # noqa: E402 (the suite benchmark's own scoring)
 
 DEFAULT_ESTIMATORS = ["paas", "sds", "ism"]
 
@@ -138,7 +137,7 @@ def table(rows: list[dict[str, Any]], steps: int) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from make_object_suite import OBJECTS, make_suite
+    from make_object_suite import OBJECTS
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--suite", type=Path, default=ROOT / "data" / "suite", help="the suite's folder (made when missing)")
@@ -163,10 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     log = lambda line: print(line, file=sys.stderr, flush=True)
 
     folders = {name: ROOT / "data" / "demo" if name == "demo" else args.suite / name for name in args.objects}
-    missing = [n for n, f in folders.items() if n != "demo" and not (f / "transforms_test.json").exists()]
-    if missing:
-        log(f"making {', '.join(missing)} in {args.suite}")
-        make_suite(args.suite, missing, log=log)
+    ensure_suite(args.suite, [n for n in folders if n != "demo"], log)
 
     began = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="sjc-estimators-") as tmp:
@@ -176,11 +172,7 @@ def main(argv: list[str] | None = None) -> int:
         "set": args.set or [], "threads": torch.get_num_threads(), "seconds": round(time.perf_counter() - began, 1),
         "objects": rows,
     }
-    print(table(rows, args.steps))
-    print("JSON:")
-    print(json.dumps(report, indent=2))
-    if args.json:
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
+    emit(table(rows, args.steps), report, args.json)
     return 0
 
 

@@ -41,7 +41,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from object_suite import baselines, run_fit, sjc_heldout_psnr
+from object_suite import baselines, emit, ensure_suite, run_fit, sjc_heldout_psnr
 
 ARMS = ("image+prior", "prior only", "picture only")
 
@@ -158,7 +158,7 @@ def table(rows: list[dict[str, Any]], args) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from make_object_suite import OBJECTS, make_suite
+    from make_object_suite import OBJECTS
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--suite", type=Path, default=ROOT / "data" / "suite", help="the suite's folder (made when missing)")
@@ -182,10 +182,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     log = lambda line: print(line, file=sys.stderr, flush=True)
 
-    missing = [n for n in args.objects if not (args.suite / n / "transforms_test.json").exists()]
-    if missing:
-        log(f"making {', '.join(missing)} in {args.suite}")
-        make_suite(args.suite, missing, log=log)
+    ensure_suite(args.suite, args.objects, log)
 
     began = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="sjc-image-to-3d-") as tmp:
@@ -196,11 +193,7 @@ def main(argv: list[str] | None = None) -> int:
         "set": args.set or [], "loss_set": args.loss_set or [], "seed": args.seed,
         "threads": torch.get_num_threads(), "seconds": round(time.perf_counter() - began, 1), "objects": rows,
     }
-    print(table(rows, args))
-    print("JSON:")
-    print(json.dumps(report, indent=2))
-    if args.json:
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
+    emit(table(rows, args), report, args.json)
     return 0
 
 

@@ -149,8 +149,27 @@ def table(rows: list[dict[str, Any]], sjc_steps: list[int]) -> str:
     return "\n".join([fmt(head), fmt(["-" * w for w in widths]), *map(fmt, lines)]) + "\n(held-out PSNR, dB)"
 
 
+def ensure_suite(suite: Path, names: list[str], log) -> None:
+    """Make the objects of ``names`` that ``suite`` lacks (``scripts/make_object_suite.py``)."""
+    from make_object_suite import make_suite
+
+    missing = [n for n in names if not (suite / n / "transforms_test.json").exists()]
+    if missing:
+        log(f"making {', '.join(missing)} in {suite}")
+        make_suite(suite, missing, log=log)
+
+
+def emit(text: str, report: dict[str, Any], json_path: Path | None) -> None:
+    """Print the table, then a line ``JSON:`` and the report; also write it to ``json_path``."""
+    print(text)
+    print("JSON:")
+    print(json.dumps(report, indent=2))
+    if json_path:
+        json_path.write_text(json.dumps(report, indent=2) + "\n")
+
+
 def main(argv: list[str] | None = None) -> int:
-    from make_object_suite import OBJECTS, make_suite
+    from make_object_suite import OBJECTS
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--suite", type=Path, default=ROOT / "data" / "suite", help="the suite's folder (made when missing)")
@@ -171,10 +190,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     log = lambda line: print(line, file=sys.stderr, flush=True)
 
-    missing = [n for n in args.objects if not (args.suite / n / "transforms_test.json").exists()]
-    if missing:
-        log(f"making {', '.join(missing)} in {args.suite}")
-        make_suite(args.suite, missing, log=log)
+    ensure_suite(args.suite, args.objects, log)
 
     began = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="sjc-suite-") as tmp:
@@ -184,11 +200,7 @@ def main(argv: list[str] | None = None) -> int:
         "suite": str(args.suite), "recipe": str(args.recipe), "fit_steps": args.fit_steps, "sjc_steps": args.sjc_steps,
         "threads": torch.get_num_threads(), "seconds": round(time.perf_counter() - began, 1), "objects": rows,
     }
-    print(table(rows, args.sjc_steps))
-    print("JSON:")
-    print(json.dumps(report, indent=2))
-    if args.json:
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
+    emit(table(rows, args.sjc_steps), report, args.json)
     return 0
 
 

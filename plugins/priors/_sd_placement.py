@@ -110,6 +110,34 @@ def decoder_parts(vae: Any) -> list[torch.nn.Module]:
     return [post_quant, decoder] if isinstance(post_quant, torch.nn.Module) else [decoder]
 
 
+DECODE_CHUNK = 4  # latents decoded per VAE call; bounds the decoder's activation memory
+
+
+def decode_latents(vae: Any, placement: Placement, x: torch.Tensor) -> torch.Tensor:
+    """Latents [B, 4, h, w] through the VAE to pictures in [0, 1], [B, 3, 8h, 8w], on x's device.
+
+    The VAE's decoder visits ``placement.decode_device`` for the call and goes back to
+    ``placement.vae_home`` afterwards (also on errors); latents go in chunks of
+    ``DECODE_CHUNK`` (tile by tile when the VAE has tiling on).
+    """
+    config = vae.config
+    shift = getattr(config, "shift_factor", None) or 0.0
+    where, home = placement.decode_device, placement.vae_home
+    parts = decoder_parts(vae) if where != home else []
+    pictures = []
+    try:
+        for part in parts:
+            part.to(where)
+        for chunk in x.split(DECODE_CHUNK):
+            latents = chunk.to(device=where, dtype=vae.dtype) / config.scaling_factor + shift
+            decoded = vae.decode(latents).sample.float()
+            pictures.append(((decoded + 1) / 2).clamp(0, 1))
+    finally:
+        for part in parts:
+            part.to(home)
+    return torch.cat(pictures).to(x.device)
+
+
 def place(module: Any, device: torch.device, dtype: torch.dtype) -> Any:
     """``module.to(device)``, cast only when the dtype differs (and without diffusers' cast warning)."""
     module.to(device)

@@ -35,7 +35,7 @@ from sjc_plugins.priors.stable_diffusion_options import (  # noqa: F401 (re-expo
 )
 from sjc_plugins.priors._sd_placement import (
     Placement,
-    decoder_parts,
+    decode_latents,
     place,
     plan_placement,
     return_cached_memory,
@@ -52,7 +52,6 @@ from sjc_plugins.priors._diffusion_common import (
     square_size,
 )
 
-DECODE_CHUNK = 4  # latents decoded per VAE call; bounds the decoder's activation memory
 
 
 @dataclass(frozen=True)
@@ -198,22 +197,7 @@ class StableDiffusionPrior:
         ``placement.vae_home`` afterwards (also on errors); latents go in chunks of
         ``DECODE_CHUNK``, tile by tile with ``vae_tiling``.
         """
-        config = self.vae.config
-        shift = getattr(config, "shift_factor", None) or 0.0
-        where, home = self.placement.decode_device, self.placement.vae_home
-        parts = decoder_parts(self.vae) if where != home else []
-        pictures = []
-        try:
-            for part in parts:
-                part.to(where)
-            for chunk in x.split(DECODE_CHUNK):
-                latents = chunk.to(device=where, dtype=self.vae.dtype) / config.scaling_factor + shift
-                decoded = self.vae.decode(latents).sample.float()
-                pictures.append(((decoded + 1) / 2).clamp(0, 1))
-        finally:
-            for part in parts:
-                part.to(home)
-        return torch.cat(pictures).to(x.device)
+        return decode_latents(self.vae, self.placement, x)
 
 
 def assemble_stable_diffusion(

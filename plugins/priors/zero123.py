@@ -55,7 +55,7 @@ from sjc_plugins.priors._diffusion_common import (
 from sjc_plugins.priors._sd_placement import (
     HOST,
     Placement,
-    decoder_parts,
+    decode_latents,
     place,
     plan_placement,
     return_cached_memory,
@@ -73,7 +73,6 @@ from sjc_plugins.reference_picture import Picture, ReferenceCamera, polar_azimut
 
 POSE_FEATURES = 4
 CACHE_LIMIT = 4096  # projected pose tokens kept (a test path repeats its poses)
-DECODE_CHUNK = 4
 
 
 def relative_pose(eye: Sequence[float], reference: ReferenceCamera, encoding: str) -> tuple[float, float, float, float]:
@@ -241,21 +240,7 @@ class Zero123Prior:
     @torch.no_grad()
     def to_rgb(self, x: torch.Tensor) -> torch.Tensor:
         """Decode latents [B, 4, h, w] to pictures in [0, 1] (the decoder visits the device)."""
-        config = self.vae.config
-        shift = getattr(config, "shift_factor", None) or 0.0
-        where, home = self.placement.decode_device, self.placement.vae_home
-        parts = decoder_parts(self.vae) if where != home else []
-        pictures = []
-        try:
-            for part in parts:
-                part.to(where)
-            for chunk in x.split(DECODE_CHUNK):
-                latents = chunk.to(device=where, dtype=self.vae.dtype) / config.scaling_factor + shift
-                pictures.append(((self.vae.decode(latents).sample.float() + 1) / 2).clamp(0, 1))
-        finally:
-            for part in parts:
-                part.to(home)
-        return torch.cat(pictures).to(x.device)
+        return decode_latents(self.vae, self.placement, x)
 
     @torch.no_grad()
     def encode_rgb(self, pictures: torch.Tensor) -> torch.Tensor:
