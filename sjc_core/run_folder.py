@@ -311,6 +311,7 @@ def _log_step(folder: RunFolder, step: int, result: StepResult) -> None:
         {
             "step": step,
             "sigma": result.sigma,
+            "lr": result.lr,
             "view": result.label,
             "terms": result.terms,
             "seconds": {k: round(v, 5) for k, v in result.seconds.items()},

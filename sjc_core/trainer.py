@@ -22,6 +22,7 @@ from sjc_core.errors import SjcError
 from sjc_core.optim import Adamax
 from sjc_core.estimation import Estimator
 from sjc_core.estimator_recipe import estimator_of
+from sjc_core.lr_schedule import apply_decay, decay_factor
 from sjc_core.recipe import Recipe
 from sjc_core.render import host_aabb, render_view
 
@@ -100,6 +101,7 @@ class StepResult:
     opacity: torch.Tensor  # the render's opacity [H, W], detached (pictures)
     scored: torch.Tensor  # the picture the prior scored [1, C, h, w], detached
     terms: dict[str, float] = field(default_factory=dict)
+    lr: float = 0.0  # the base learning rate this step took (after the recipe's decay)
 
 
 class NonFiniteStep(FloatingPointError):
@@ -129,6 +131,7 @@ class Trainer:
     noise_rng: torch.Generator
     estimator: Estimator
     term: str = PAAS_TERM  # the estimator's name: its gradient norm's key among the step's terms
+    base_lrs: tuple[float, ...] = ()  # each parameter group's rate before the recipe's decay
     step: int = 0
     synchronize: Callable[[], None] | None = None
 
@@ -157,6 +160,7 @@ class Trainer:
             noise_rng=noise_rng,
             estimator=estimator,
             term=choice.info.name,
+            base_lrs=tuple(group["lr"] for group in optimizer.param_groups),
         )
 
     def draw_view(self) -> TrainView:
@@ -203,6 +207,9 @@ class Trainer:
         probes = [value.detach().reshape(()).float() for value in terms.values()]
         probes += [grad.norm().float(), _gradient_sum(self.optimizer, surrogate.device)]
         values = torch.stack(probes)
+        decay = decay_factor(settings.lr_final_ratio, self.step, settings.steps)
+        if self.base_lrs:
+            apply_decay(self.optimizer, self.base_lrs, decay)
         self.optimizer.step()
         done = self._clock()
         self.step += 1
@@ -215,7 +222,7 @@ class Trainer:
         names = (*terms, self.term)
         return StepResult(
             self.step, sigma, view.label, names, values, seconds,
-            render.depth.detach(), render.opacity.detach(), scored.detach(),
+            render.depth.detach(), render.opacity.detach(), scored.detach(), lr=settings.lr * decay,
         )
 
     @staticmethod

@@ -33,7 +33,7 @@ def make_images(folder: Path, count: int = 5, size: int = 16) -> Path:
     return folder
 
 
-def write_recipe(tmp_path: Path, steps: int = STEPS, extra: str = "") -> Path:
+def write_recipe(tmp_path: Path, steps: int = STEPS, extra: str = "", top: str = "") -> Path:
     images = make_images(tmp_path / "images")
     recipe = tmp_path / "tiny.toml"
     recipe.write_text(
@@ -42,6 +42,7 @@ name = "tiny"
 seed = 3
 steps = {steps}
 lr = 0.05
+{top}
 output = "{(tmp_path / 'runs').as_posix()}"
 device = "cpu"
 view_every = 2
@@ -133,7 +134,7 @@ def test_cli_run_writes_every_artifact(tmp_path: Path) -> None:
 
 def test_sigint_checkpoints_and_resume_matches_uninterrupted(tmp_path: Path) -> None:
     steps = 40
-    recipe = write_recipe(tmp_path, steps=steps)
+    recipe = write_recipe(tmp_path, steps=steps, top="lr_final_ratio = 0.2")  # the decay resumes too
     straight = sjc("run", str(recipe), "--run-dir", str(tmp_path / "straight"))
     assert straight.returncode == 0, straight.stderr
 
@@ -159,6 +160,32 @@ def test_sigint_checkpoints_and_resume_matches_uninterrupted(tmp_path: Path) -> 
     assert all(torch.equal(a[k], b[k]) for k in a), "resumed run differs from the uninterrupted one"
     steps_logged = [json.loads(l)["step"] for l in metrics.read_text().splitlines()]
     assert steps_logged == list(range(1, steps + 1))
+
+
+def test_learning_rate_decays_from_lr_to_lr_times_final_ratio(tmp_path: Path) -> None:
+    """Every parameter group's rate follows lr * ratio ** (k / (steps - 1)) at step k, the
+    metrics record the rate each step took, and the default (ratio 1) keeps it constant."""
+    steps = 5
+    recipe = load_recipe(write_recipe(tmp_path, steps=steps, top="lr_final_ratio = 0.1"), load_registry())
+    trainer = engine.Trainer.create(recipe, engine.build_components(recipe, torch.device("cpu")))
+    bases = [group["lr"] for group in trainer.optimizer.param_groups]
+    for k in range(steps):
+        result = trainer.train_step()
+        expected = 0.1 ** (k / (steps - 1))
+        assert result.lr == pytest.approx(0.05 * expected, rel=1e-12)
+        for group, base in zip(trainer.optimizer.param_groups, bases):
+            assert group["lr"] == pytest.approx(base * expected, rel=1e-12)
+    assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(bases[0] * 0.1, rel=1e-12)
+
+    run_dir = tmp_path / "decayed"
+    engine.run(recipe, run_dir)
+    rates = [json.loads(line)["lr"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert rates == pytest.approx([0.05 * 0.1 ** (k / (steps - 1)) for k in range(steps)], rel=1e-12)
+
+    constant = load_recipe(write_recipe(tmp_path / "constant", steps=steps), load_registry())
+    trainer = engine.Trainer.create(constant, engine.build_components(constant, torch.device("cpu")))
+    assert {trainer.train_step().lr for _ in range(steps)} == {0.05}
+    assert [group["lr"] for group in trainer.optimizer.param_groups] == bases
 
 
 def test_nan_stops_run_and_keeps_last_good_checkpoint(tmp_path: Path) -> None:
