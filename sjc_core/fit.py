@@ -27,7 +27,6 @@ background starts at 0 shows mid grey); pictures are compared in [0, 1] after
 from __future__ import annotations
 
 import json
-import math
 import sys
 import time
 from collections.abc import Callable
@@ -40,14 +39,13 @@ import torch
 from pydantic import BaseModel, ValidationError
 
 from sjc_core import artifacts
-from sjc_core.cameras import orbit_path
 from sjc_core.contracts import BuildContext
 from sjc_core.datasets import PosedImages, blind_camera_warning, camera_directions, load_posed_images, transforms_path
 from sjc_core.errors import SjcError
+from sjc_core.fit_folder import check_fit_folder, remove_earlier_fit
+from sjc_core.fit_views import baseline_psnr, clipped_range, evaluate, psnr, turntable
 from sjc_core.optim import Adamax
 from sjc_core.plugins import Registry
-
-VIDEO_MIN_SIZE = 256  # turntable frames are enlarged (nearest) to at least this many pixels
 
 
 @dataclass(frozen=True)
@@ -92,11 +90,6 @@ class Splits:
     train: PosedImages
     heldout: PosedImages | None
     heldout_source: str
-
-
-def psnr(mse: float) -> float:
-    """Peak signal-to-noise ratio of pictures in [0, 1]."""
-    return float("inf") if mse <= 0 else -10.0 * math.log10(mse)
 
 
 def load_splits(data_dir: Path, settings: FitSettings, warn: Callable[[str], None]) -> Splits:
@@ -196,15 +189,6 @@ class RayTable:
         return int(self.origins.shape[0])
 
 
-def clipped_range(ro: torch.Tensor, rd: torch.Tensor, aabb: torch.Tensor, near: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Box entry and exit, with the entry pushed to at least ``near`` (exit never before entry)."""
-    from sjc_core.render import box_intersect
-
-    t_min, t_max = box_intersect(ro, rd, aabb)
-    t_min = t_min.clamp(min=near)
-    return t_min, torch.maximum(t_max, t_min)
-
-
 def training_rays(data: PosedImages, aabb: torch.Tensor, near: float, device: torch.device) -> RayTable:
     """The ray table of every training pixel (row-major per picture, pictures in order)."""
     from sjc_core.render import camera_rays
@@ -219,58 +203,6 @@ def training_rays(data: PosedImages, aabb: torch.Tensor, near: float, device: to
     t_min, t_max = clipped_range(ro, rd, aabb, near)
     targets = torch.from_numpy(data.images.reshape(-1, 3)) * 2.0 - 1.0
     return RayTable(*(t.to(device) for t in (ro, rd, t_min, t_max, targets)))
-
-
-FIT_FILES = ("metrics.json", "field.safetensors", "train_log.jsonl", "turntable.mp4", "turntable.gif")
-HELDOUT = "heldout"
-
-
-def _holds_fit(out_dir: Path) -> bool:
-    return any((out_dir / name).exists() for name in FIT_FILES[:3])
-
-
-def check_fit_folder(out_dir: Path, overwrite: bool, locked: bool = False) -> None:
-    """May ``sjc fit`` write into ``out_dir``? The same rules as ``sjc run``'s folders.
-
-    A new or empty folder is fine; a folder holding an earlier fit only with ``overwrite``;
-    any other folder, a file, or a folder another process holds is refused (one line).
-    """
-    from sjc_core.run_folder import check_target_folder
-
-    choose = "choose another folder with --out"
-    if not locked and out_dir.is_dir():
-        holder = artifacts.lock_holder(out_dir)
-        if holder is not None:
-            raise artifacts.in_use_error(out_dir, holder)
-    if out_dir.is_dir() and _holds_fit(out_dir):
-        if overwrite:
-            return
-        raise SjcError(f"{out_dir}: already holds a fit{_fit_summary(out_dir)}; pass --overwrite to replace it, or {choose}")
-    check_target_folder(out_dir, "a fit folder", choose)
-
-
-def _fit_summary(out_dir: Path) -> str:
-    try:
-        metrics = json.loads((out_dir / "metrics.json").read_text())
-        held = metrics.get("psnr_heldout")
-        figure = f", held-out PSNR {held:.2f} dB" if isinstance(held, (int, float)) else ""
-        return f" ({metrics['steps']} steps{figure})"
-    except (OSError, ValueError, KeyError, TypeError):
-        return " (unfinished)" if not (out_dir / "metrics.json").exists() else ""
-
-
-def _remove_earlier_fit(out_dir: Path) -> None:
-    """``--overwrite``: remove what an earlier fit wrote (and nothing else)."""
-    for name in FIT_FILES:
-        (out_dir / name).unlink(missing_ok=True)
-    heldout = out_dir / HELDOUT
-    if heldout.is_dir():
-        for picture in heldout.glob("[0-9][0-9][0-9]_*.png"):
-            picture.unlink()
-        try:
-            heldout.rmdir()
-        except OSError:  # the user's own files stay
-            pass
 
 
 def fit_posed_images(
@@ -325,7 +257,7 @@ def _fit(
                 f"left in {out_dir} by a process that was killed")
         check_fit_folder(out_dir, overwrite, locked=True)  # nobody can change it now
         if overwrite:
-            _remove_earlier_fit(out_dir)
+            remove_earlier_fit(out_dir)
         return _train_and_write(
             data_dir, out_dir, settings, log, splits, field_module, options, near, rays, device, rng
         )
@@ -345,6 +277,7 @@ def _train_and_write(
     rng: torch.Generator,
 ) -> FitResult:
     from sjc_core.checkpoint import save_checkpoint
+    from sjc_core.lr_schedule import apply_decay, decay_factor
     from sjc_core.progress import Progress
 
     train = splits.train
@@ -362,9 +295,8 @@ def _train_and_write(
     curve: list[tuple[int, float]] = []  # (step, held-out PSNR) during training
     held_text = ""
     for step in range(1, settings.steps + 1):
-        decay = settings.lr_final_ratio ** ((step - 1) / max(settings.steps - 1, 1))
-        for group, base in zip(optimizer.param_groups, base_lrs):
-            group["lr"] = base * decay
+        decay = decay_factor(settings.lr_final_ratio, step - 1, settings.steps)
+        apply_decay(optimizer, base_lrs, decay)
         picks = torch.randint(0, len(rays), (settings.batch_rays,), generator=rng).to(device)
         out = render_rays(field_module, rays.origins[picks], rays.directions[picks], rays.t_min[picks], rays.t_max[picks])
         loss = torch.mean((out.image - rays.targets[picks]) ** 2)
@@ -437,88 +369,6 @@ def _train_and_write(
     metrics["settings"] = _settings_json(settings)
     artifacts.write_text(out_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     return FitResult(out_dir=out_dir, metrics=metrics, video=video)
-
-
-@torch.no_grad()
-def render_camera(
-    field_module: torch.nn.Module,
-    k: np.ndarray,
-    pose: np.ndarray,
-    height: int,
-    width: int,
-    subpixel: int = 1,
-    near: float = 0.0,
-    chunk_rays: int = 8192,
-) -> tuple[np.ndarray, np.ndarray]:
-    """A whole picture with the near plane: (rgb in [0, 1] [H, W, 3], depth [H, W]).
-
-    ``render_view`` has no near plane, so this builds the same rays and chunks itself.
-    """
-    from sjc_core.render import camera_rays, render_rays
-
-    device = field_module.aabb.device
-    ro, rd = camera_rays(k, pose, height, width, subpixel)
-    ro, rd = ro.to(device), rd.to(device)
-    t_min, t_max = clipped_range(ro, rd, field_module.aabb, near)
-    images, depths = [], []
-    for s in range(0, ro.shape[0], chunk_rays):
-        out = render_rays(field_module, ro[s : s + chunk_rays], rd[s : s + chunk_rays], t_min[s : s + chunk_rays], t_max[s : s + chunk_rays])
-        images.append(out.image.float().cpu())
-        depths.append(out.depth.float().cpu())
-    f = int(subpixel)
-    image = torch.cat(images).view(height, f, width, f, -1).mean(dim=(1, 3))
-    depth = torch.cat(depths).view(height, f, width, f).mean(dim=(1, 3))
-    return ((image + 1.0) / 2.0).clamp(0.0, 1.0).numpy(), depth.numpy()
-
-
-def evaluate(
-    field_module: torch.nn.Module, data: PosedImages, subpixel: int, near: float, folder: Path | None
-) -> dict[str, Any]:
-    """PSNR per view and of the pooled error; with ``folder``, write ground truth | render | depth."""
-    errors = []
-    k = data.intrinsics()
-    for index in range(len(data)):
-        rgb, depth = render_camera(field_module, k, data.c2w[index], data.height, data.width, subpixel, near)
-        errors.append(float(np.mean((rgb - data.images[index]) ** 2)))
-        if folder is not None:
-            factor = max(1, VIDEO_MIN_SIZE // max(data.height, 1))
-            picture = artifacts.side_by_side(
-                artifacts.to_uint8(data.images[index]), artifacts.to_uint8(rgb), _depth_picture(depth)
-            )
-            stem = Path(data.names[index]).with_suffix("").as_posix().replace("/", "_")
-            artifacts.write_image(folder / f"{index:03d}_{stem}.png", artifacts.upscale(picture, factor))
-    return {"psnr": psnr(float(np.mean(errors))), "per_view": [round(psnr(e), 3) for e in errors]}
-
-
-def baseline_psnr(train: PosedImages, heldout: PosedImages) -> float:
-    """PSNR of predicting the training pictures' mean colour at every held-out pixel."""
-    mean_colour = train.images.reshape(-1, 3).mean(axis=0)
-    return psnr(float(np.mean((heldout.images - mean_colour) ** 2)))
-
-
-def turntable(
-    field_module: torch.nn.Module, data: PosedImages, path: Path, settings: FitSettings, near: float, warn: Callable[[str], None]
-) -> Path:
-    """An orbit at the data's median camera radius and elevation: picture beside depth."""
-    directions, radii = camera_directions(data.c2w)
-    elevation = float(np.degrees(np.arcsin(np.clip(np.median(directions[:, 1]), -1.0, 1.0))))
-    poses = orbit_path(float(np.median(radii)), elevation, settings.video_frames)
-    factor = max(1, VIDEO_MIN_SIZE // max(data.height, 1))
-    k = data.intrinsics()
-    frames = []
-    for pose in poses:
-        rgb, depth = render_camera(field_module, k, pose, data.height, data.width, settings.subpixel, near)
-        frames.append(artifacts.upscale(artifacts.side_by_side(artifacts.to_uint8(rgb), _depth_picture(depth)), factor))
-    return artifacts.write_video(path, frames, fps=settings.fps, warn=warn)
-
-
-def _depth_picture(depth: np.ndarray) -> np.ndarray:
-    from sjc_core.render import BACKGROUND_DEPTH
-
-    foreground = depth[depth < BACKGROUND_DEPTH * 0.99]
-    near = float(foreground.min()) if foreground.size else 0.0
-    far = float(foreground.max()) if foreground.size else BACKGROUND_DEPTH
-    return artifacts.depth_to_rgb(np.minimum(depth, far), near=near, far=far)
 
 
 def _settings_json(settings: FitSettings) -> dict[str, Any]:
