@@ -363,15 +363,19 @@ def render_rays(
     rd: torch.Tensor,
     t_min: torch.Tensor | None = None,
     t_max: torch.Tensor | None = None,
+    *,
+    k: int | None = None,
 ) -> RenderOutput:
     """Render a flat bundle: image [N, C], depth [N], opacity [N], weights [N, k].
 
-    ``t_min``/``t_max`` default to the intersection with ``field.aabb`` (clamped at 0).
+    ``t_min``/``t_max`` default to the intersection with ``field.aabb`` (clamped at 0);
+    a caller's own ``t_min`` can start the rays past a near plane. ``k`` (samples per ray)
+    given from host data spares the device read that counting them here would take.
     Rays that miss the box show the background only, at depth ``BACKGROUND_DEPTH``.
     """
     if t_min is None or t_max is None:
         t_min, t_max = box_intersect(ro, rd, field.aabb)
-    return _render_bundle(field, make_bundle(ro, rd, t_min, t_max, float(field.step_size)))
+    return _render_bundle(field, make_bundle(ro, rd, t_min, t_max, float(field.step_size), k=k))
 
 
 def _tile_order(pixels: np.ndarray, width: int, tile: int = 8) -> np.ndarray:

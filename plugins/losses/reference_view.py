@@ -29,14 +29,7 @@ import torch.nn.functional as F
 from sjc_core.cameras import intrinsics
 from sjc_core.contracts import BuildContext, RenderOutput
 from sjc_core.errors import SjcError
-from sjc_core.render import (
-    _render_bundle,
-    box_intersect,
-    camera_rays,
-    host_aabb,
-    k_for_spans,
-    make_bundle,
-)
+from sjc_core.render import box_intersect, camera_rays, host_aabb, k_for_spans, render_rays
 from sjc_plugins.losses.reference_view_options import WHERE, ReferenceViewOptions
 from sjc_plugins.reference_picture import (
     DEFAULT_AZIMUTH,
@@ -139,7 +132,7 @@ class ReferenceViewLoss:
         if self.field is None:
             raise RuntimeError("the reference-view loss is used before attach(field=..., prior=..., device=...)")
         ro, rd, t_min, t_max = self.rays
-        out = _render_bundle(self.field, make_bundle(ro, rd, t_min, t_max, float(self.field.step_size), k=self.k))
+        out = render_rays(self.field, ro, rd, t_min, t_max, k=self.k)
         side = self.size
         return RenderOutput(
             image=out.image.t().reshape(-1, side, side),
