@@ -391,7 +391,9 @@ class ReferenceStep:
         )
         depth = recipe_loss_options(recipe, "center-depth")
         self.depth_weight = float(depth.weight) if depth else 0.0
-        self.var_red = settings.paas.var_red
+        from sjc_core.estimator_recipe import estimator_of
+
+        self.var_red = estimator_of(recipe).options.var_red  # --reference: the recipe's estimator is PAAS
         self.camera_rng = np.random.default_rng([settings.seed, 2])
         self.noise_rng = torch.Generator(device=device).manual_seed(settings.seed)
         self.step = 0
@@ -586,8 +588,14 @@ def main(argv: list[str] | None = None) -> int:
     from sjc_core.engine import Trainer
     from sjc_core.paas import default_sigma_range, sigma_schedule
 
+    from sjc_core.estimator_recipe import estimator_of
+
     recipe, _ = load_rose(args)
     settings = recipe.settings
+    estimator = estimator_of(recipe)
+    if args.reference and estimator.info.name != "paas":
+        parser.error(f"--reference times the authors' PAAS step; the recipe's estimator is {estimator.info.name!r}")
+    n_noise = int(getattr(estimator.options, "n_noise", 1))  # ISM and others: one prior call per branch
     if args.warmup + 2 * args.steps > settings.steps:
         parser.error(f"--warmup + 2 * --steps must not exceed the recipe's {settings.steps} steps")
 
@@ -626,7 +634,8 @@ def main(argv: list[str] | None = None) -> int:
             "render_size": trainer.plan.render_size,
             "latent_size": prior.resolution,
             "guidance_scale": prior.guidance_scale,
-            "unet_batch": 2 * settings.paas.n_noise if prior.guidance_scale != 1.0 else settings.paas.n_noise,
+            "estimator": estimator.info.name,
+            "unet_batch": 2 * n_noise if prior.guidance_scale != 1.0 else n_noise,
             "unet_params": unet_params,
             "unet_params_m": round(unet_params / 1e6, 2),
             "unet_memory_format": "channels_last" if _is_channels_last(unet) else "contiguous",
@@ -646,9 +655,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.reference:
         ladder = np.sort(prior.sigmas.double().cpu().numpy())
         low, high = default_sigma_range(prior)
+        paas = estimator.options
         sigmas = sigma_schedule(
-            settings.paas.schedule, prior.sigmas, settings.steps, np.random.default_rng([settings.seed, 1]),
-            sigma_min=settings.paas.sigma_min or low, sigma_max=settings.paas.sigma_max or high,
+            paas.schedule, prior.sigmas, settings.steps, np.random.default_rng([settings.seed, 1]),
+            sigma_min=paas.sigma_min or low, sigma_max=paas.sigma_max or high,
         )
         plan, field_options = trainer.plan, recipe.field.options
         del trainer, parts, prior, unet, field

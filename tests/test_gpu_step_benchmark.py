@@ -58,6 +58,7 @@ def test_tiny_step_reports_phases(tiny_with_reference: dict) -> None:
     assert settings["grid"] == [100, 100, 100]
     assert settings["render_size"] == 64 and settings["latent_size"] == 16
     assert settings["guidance_scale"] == 100.0 and settings["unet_batch"] == 2
+    assert settings["estimator"] == "paas"
     assert settings["losses"] == ["emptiness", "center-depth"]
     assert settings["unet_params"] > 0
     check_figures(report["ours"])
@@ -76,10 +77,23 @@ def test_tiny_reference_and_ratio(tiny_with_reference: dict) -> None:
 
 
 def test_tiny_without_reference_has_no_ratio() -> None:
-    report = run_benchmark("--tiny", "--device", "cpu", "--threads", "1", "--steps", "3", "--warmup", "1")
+    """Also: the step timed is the recipe's estimator's (here SDS with two noises per step)."""
+    report = run_benchmark(
+        "--tiny", "--device", "cpu", "--threads", "1", "--steps", "3", "--warmup", "1",
+        "--set", "estimator.name=sds", "--set", "estimator.n_noise=2",
+    )
     check_figures(report["ours"])
+    assert report["settings"]["estimator"] == "sds" and report["settings"]["unet_batch"] == 4
     assert "reference" not in report and "comparison" not in report
     assert report["targets"]["figures"]["speedup_vs_reference"] is None
+
+
+def test_reference_needs_the_paas_estimator() -> None:
+    done = subprocess.run(
+        [sys.executable, str(SCRIPT), "--tiny", "--device", "cpu", "--reference", "--set", "estimator.name=sds"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 2 and "'sds'" in done.stderr and "Traceback" not in done.stderr
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (full-size SD-1.5 UNet step)")
