@@ -150,6 +150,23 @@ def test_eps_denoiser_matches_direct_guided_computation(eps_prior) -> None:
     assert not torch.allclose(eps_prior.denoise(x, float(ladder[t + 5]), cond), got)
 
 
+def test_unconditional_is_the_negative_prompt_unguided(registry, eps_folder: Path, eps_prior) -> None:
+    """What ISM inverts with: one UNet branch on the negative prompt, no guidance."""
+    empty = eps_prior.unconditional()
+    assert empty.prompt == "" and empty.uncond is None and eps_prior.unconditional() is empty
+    torch.testing.assert_close(empty.embedding, direct_text(eps_prior, ""))
+    torch.manual_seed(1)
+    x = torch.randn(2, 4, SD_LATENT_SIZE, SD_LATENT_SIZE)
+    t = 400
+    snapped = float(reference_ladder()[t])
+    with torch.no_grad():
+        eps_u = eps_prior.unet(x / np.sqrt(1 + snapped**2), t, encoder_hidden_states=direct_text(eps_prior, "").expand(2, -1, -1)).sample
+    torch.testing.assert_close(eps_prior.denoise(x, snapped, empty), x - snapped * eps_u, rtol=1e-4, atol=1e-4)
+    blurry = build(registry, model=str(eps_folder), negative_prompt="blurry")
+    assert blurry.unconditional().prompt == "blurry"
+    torch.testing.assert_close(blurry.unconditional().embedding, direct_text(blurry, "blurry"))
+
+
 def test_per_sample_sigmas_and_reference_shapes(eps_prior) -> None:
     torch.manual_seed(1)
     x = torch.randn(2, 4, SD_LATENT_SIZE, SD_LATENT_SIZE)
@@ -480,10 +497,14 @@ def test_every_prompt_is_encoded_at_build_and_the_encoder_released(registry, eps
         assert prior.condition(View(label=label)) is before[label]
     assert prior.condition(None) is before[None] and prior.condition(View()) is before[None]
 
+    unconditional = prior.unconditional()  # ISM's inversion: encoded at build as well
+    assert torch.equal(unconditional.embedding, direct_text_with(fresh, prior, "")) and unconditional.uncond is None
+
     plain = build(registry, model=str(eps_folder), view_prompts=False, guidance_scale=1.0)
-    assert set(plain._cache) == {None} and plain._uncond is None
+    assert set(plain._cache) == {None} and plain._cache[None].uncond is None
     plain.text_encoder.forward = refuse
     assert plain.condition(View(label="back")).prompt == PROMPT
+    assert plain.unconditional().prompt == ""
 
 
 def direct_text_with(encoder, prior, text: str) -> torch.Tensor:

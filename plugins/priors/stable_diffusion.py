@@ -98,6 +98,7 @@ class StableDiffusionPrior:
         self.text_encoder_released = False
         self._cache: dict[str | None, TextCondition] = {}
         self._uncond: torch.Tensor | None = None
+        self._unconditional: TextCondition | None = None
 
     @property
     def device(self) -> torch.device:
@@ -133,6 +134,7 @@ class StableDiffusionPrior:
         """Encode every prompt the run can ask for (each view's and the negative one), one by one, once."""
         for key in self.condition_keys():
             self._encode(key)
+        self.unconditional()
 
     def release_text_encoder(self) -> None:
         """Encode every prompt, then move the text encoder to its resting place (the CPU).
@@ -150,13 +152,21 @@ class StableDiffusionPrior:
         cached = self._cache.get(key)
         if cached is None:
             prompt = self.prompt_for(key)
-            uncond = None
-            if self.guidance_scale != 1.0:
-                if self._uncond is None:
-                    self._uncond = self.encode_text(self.options.negative_prompt)
-                uncond = self._uncond
+            uncond = self._negative_embedding() if self.guidance_scale != 1.0 else None
             cached = self._cache[key] = TextCondition(prompt, self.encode_text(prompt), uncond)
         return cached
+
+    def unconditional(self) -> TextCondition:
+        """The negative prompt alone, unguided (one UNet branch): what DDIM inversion in ISM
+        (LucidDreamer) conditions on, where a view's condition would be guided."""
+        if self._unconditional is None:
+            self._unconditional = TextCondition(self.options.negative_prompt, self._negative_embedding(), None)
+        return self._unconditional
+
+    def _negative_embedding(self) -> torch.Tensor:
+        if self._uncond is None:
+            self._uncond = self.encode_text(self.options.negative_prompt)
+        return self._uncond
 
     def condition(self, view: View | None) -> TextCondition:
         label = view.label if view is not None else None
