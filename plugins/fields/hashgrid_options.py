@@ -8,10 +8,15 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from sjc_core.hookspecs import hookimpl
 from sjc_core.recipe import Flag, Float, Int
-from sjc_plugins.fields.voxel_options import (  # same sizes and checks as the voxel field
+from sjc_plugins.fields.voxel_options import (  # same sizes, checks and shared options as the voxel field
+    BACKGROUND_FROM_PRIOR,
+    BG_LR,
+    BG_TEXTURE_SIZE,
+    BOX_HALF,
+    FEATURE_ACTIVATION,
     MAX_RAY_SAMPLES,
-    MAX_TEXTURE,
     MIN_STEP_RATIO,
+    WEIGHT_THRESHOLD,
     Activation,
     check_grid_size,
     check_ray_samples,
@@ -50,7 +55,7 @@ class HashGridOptions(BaseModel):
         description="ray-marching resolution, one int or [x, y, z] (each 2..1024): step = "
         "mean(2*box_half/size)*step_ratio, as for a voxel grid this size (there are no voxels here)",
     )
-    box_half: Float = Field(1.0, gt=0, le=1000, description="the box is [-box_half, box_half]^3 (at most 1000)")
+    box_half: Float = BOX_HALF
     density_shift: Float = Field(
         -1.0, ge=-1000, le=1000, description="sigma = softplus(raw + density_shift), as in the voxel field (-1000..1000)"
     )
@@ -61,30 +66,17 @@ class HashGridOptions(BaseModel):
         description=f"ray step as a fraction of the mean cell length of grid_size ({MIN_STEP_RATIO:g}..100; a ray "
         f"may take at most {MAX_RAY_SAMPLES} samples)",
     )
-    weight_threshold: Float = Field(
-        1e-4, ge=0, le=1, description="features are evaluated only where a sample's weight exceeds this (0..1)"
-    )
-    bg_texture_size: Int = Field(
-        4,
-        ge=0,
-        le=MAX_TEXTURE,
-        description=f"side of the spherical background texture (at most {MAX_TEXTURE}); 0 = no texture, zero background",
-    )
-    feature_activation: Activation = Field(
-        "auto", description="auto: identity for latent priors, 2*sigmoid-1 for pixel priors"
-    )
+    weight_threshold: Float = WEIGHT_THRESHOLD
+    bg_texture_size: Int = BG_TEXTURE_SIZE
+    feature_activation: Activation = FEATURE_ACTIVATION
     init_density: Float = Field(
         0.0, ge=-1000, le=1000, description="initial raw density everywhere (the density head's output bias; -1000..1000)"
     )
     init_features: Float = Field(
         1.0, ge=0, le=1000, description="std of the normal draw for the initial background (features start near 0)"
     )
-    bg_lr: Float = Field(1e-4, ge=0, le=1000, description="learning rate of the background texture (at most 1000)")
-    background_from_prior: Flag = Field(
-        True,
-        description="when the prior reports a plain backdrop (an image set whose borders are one colour), the "
-        "background starts at it (and keeps it as its base), so empty space shows that backdrop, not a grey haze",
-    )
+    bg_lr: Float = BG_LR
+    background_from_prior: Flag = BACKGROUND_FROM_PRIOR
 
     # The hash grid itself.
     backend: Backend = Field(

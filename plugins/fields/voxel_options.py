@@ -40,6 +40,26 @@ MIN_STEP_RATIO = 1e-3
 MAX_TEXTURE = 4096
 
 
+# Options the ray-marched fields share (voxel, hashgrid): one definition, same meaning.
+BOX_HALF = Field(1.0, gt=0, le=1000, description="the box is [-box_half, box_half]^3 (at most 1000)")
+WEIGHT_THRESHOLD = Field(
+    1e-4, ge=0, le=1, description="features are evaluated only where a sample's weight exceeds this (0..1)"
+)
+BG_TEXTURE_SIZE = Field(
+    4,
+    ge=0,
+    le=MAX_TEXTURE,
+    description=f"side of the spherical background texture (at most {MAX_TEXTURE}); 0 = no texture, zero background",
+)
+FEATURE_ACTIVATION = Field("auto", description="auto: identity for latent priors, 2*sigmoid-1 for pixel priors")
+BG_LR = Field(1e-4, ge=0, le=1000, description="learning rate of the background texture (at most 1000)")
+BACKGROUND_FROM_PRIOR = Field(
+    True,
+    description="when the prior reports a plain backdrop (an image set whose borders are one colour), the "
+    "background starts at it (and keeps it as its base), so empty space shows that backdrop, not a grey haze",
+)
+
+
 class VoxelOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
@@ -47,7 +67,7 @@ class VoxelOptions(BaseModel):
         100,
         description=f"voxels per axis: one int, or [x, y, z] (each 2..{MAX_GRID_SIDE}, at most {MAX_VOXELS:,} in all)",
     )
-    box_half: Float = Field(1.0, gt=0, le=1000, description="the box is [-box_half, box_half]^3 (at most 1000)")
+    box_half: Float = BOX_HALF
     density_shift: Float = Field(
         -1.0, ge=-1000, le=1000, description="sigma = softplus(raw * exp(d_scale) + density_shift) (-1000..1000)"
     )
@@ -58,18 +78,9 @@ class VoxelOptions(BaseModel):
         description=f"ray step as a fraction of the mean voxel length ({MIN_STEP_RATIO:g}..100; a ray may take at most "
         f"{MAX_RAY_SAMPLES} samples: sqrt(3) * mean(grid_size) / step_ratio)",
     )
-    weight_threshold: Float = Field(
-        1e-4, ge=0, le=1, description="features are evaluated only where a sample's weight exceeds this (0..1)"
-    )
-    bg_texture_size: Int = Field(
-        4,
-        ge=0,
-        le=MAX_TEXTURE,
-        description=f"side of the spherical background texture (at most {MAX_TEXTURE}); 0 = no texture, zero background",
-    )
-    feature_activation: Activation = Field(
-        "auto", description="auto: identity for latent priors, 2*sigmoid-1 for pixel priors"
-    )
+    weight_threshold: Float = WEIGHT_THRESHOLD
+    bg_texture_size: Int = BG_TEXTURE_SIZE
+    feature_activation: Activation = FEATURE_ACTIVATION
     init_density: Float = Field(
         0.0, ge=-1000, le=1000, description="initial raw density of every voxel (the reference: 0; -1000..1000)"
     )
@@ -79,12 +90,8 @@ class VoxelOptions(BaseModel):
         le=1000,
         description="std of the normal draw for initial features and background (the reference: 1; at most 1000)",
     )
-    bg_lr: Float = Field(1e-4, ge=0, le=1000, description="learning rate of the background texture (at most 1000)")
-    background_from_prior: Flag = Field(
-        True,
-        description="when the prior reports a plain backdrop (an image set whose borders are one colour), the "
-        "background starts at it (and keeps it as its base), so empty space shows that backdrop, not a grey haze",
-    )
+    bg_lr: Float = BG_LR
+    background_from_prior: Flag = BACKGROUND_FROM_PRIOR
     backend: Backend = Field(
         "auto",
         description="render path: native (compiled per-ray kernel, CPU), torch (fused torch ops, any device), "
