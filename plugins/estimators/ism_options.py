@@ -14,8 +14,14 @@ from typing import TYPE_CHECKING, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from sjc_core.hookspecs import hookimpl
-from sjc_core.recipe import MAX_SIGMA, Float, Int
-from sjc_plugins.estimators.sds_options import MAX_SCALE, check_fraction_pair, check_sigma_order
+from sjc_core.recipe import Float, Int
+from sjc_plugins.estimators.sds_options import (
+    GRADIENT_SCALE,
+    LADDER_SIGMA_MAX,
+    LADDER_SIGMA_MIN,
+    check_fraction_pair,
+    check_sigma_order,
+)
 
 if TYPE_CHECKING:
     from sjc_core.contracts import BuildContext
@@ -56,13 +62,9 @@ class IsmOptions(BaseModel):
         description="conditioning of the inversion and of D(x_s): unconditional (the prior's unconditional() when it "
         "has one, else condition(None)) or the view's own",
     )
-    sigma_min: Float | None = Field(
-        None, gt=0, le=MAX_SIGMA, description=f"cut the ladder below this sigma first (at most {MAX_SIGMA:g}); default: its bottom"
-    )
-    sigma_max: Float | None = Field(
-        None, gt=0, le=MAX_SIGMA, description=f"cut the ladder above this sigma first (at most {MAX_SIGMA:g}); default: its top"
-    )
-    scale: Float = Field(1.0, gt=0, le=MAX_SCALE, description=f"multiplies the gradient (0 < scale <= {MAX_SCALE:g})")
+    sigma_min: Float | None = LADDER_SIGMA_MIN
+    sigma_max: Float | None = LADDER_SIGMA_MAX
+    scale: Float = GRADIENT_SCALE
 
     @field_validator("t_range")
     @classmethod

@@ -27,6 +27,16 @@ def check_fraction_pair(value: tuple[float, float]) -> tuple[float, float]:
     return value
 
 
+# Options sds and ism share: one definition, same meaning.
+LADDER_SIGMA_MIN = Field(
+    None, gt=0, le=MAX_SIGMA, description=f"cut the ladder below this sigma first (at most {MAX_SIGMA:g}); default: its bottom"
+)
+LADDER_SIGMA_MAX = Field(
+    None, gt=0, le=MAX_SIGMA, description=f"cut the ladder above this sigma first (at most {MAX_SIGMA:g}); default: its top"
+)
+GRADIENT_SCALE = Field(1.0, gt=0, le=MAX_SCALE, description=f"multiplies the gradient (0 < scale <= {MAX_SCALE:g})")
+
+
 def check_sigma_order(sigma_min: float | None, sigma_max: float | None) -> None:
     if sigma_min is not None and sigma_max is not None and sigma_min > sigma_max:
         raise ValueError(f"sigma_min: {sigma_min} is above sigma_max {sigma_max}")
@@ -44,14 +54,10 @@ class SdsOptions(BaseModel):
     weighting: Literal["sds", "uniform", "fantasia3d"] = Field(
         "sds", description="w(t): sds = 1 - alpha_bar (DreamFusion), uniform = 1, fantasia3d = sqrt(alpha_bar)(1 - alpha_bar)"
     )
-    sigma_min: Float | None = Field(
-        None, gt=0, le=MAX_SIGMA, description=f"cut the ladder below this sigma first (at most {MAX_SIGMA:g}); default: its bottom"
-    )
-    sigma_max: Float | None = Field(
-        None, gt=0, le=MAX_SIGMA, description=f"cut the ladder above this sigma first (at most {MAX_SIGMA:g}); default: its top"
-    )
+    sigma_min: Float | None = LADDER_SIGMA_MIN
+    sigma_max: Float | None = LADDER_SIGMA_MAX
     n_noise: Int = Field(1, gt=0, le=MAX_N_NOISE, description=f"noises averaged per step, one batched call (at most {MAX_N_NOISE})")
-    scale: Float = Field(1.0, gt=0, le=MAX_SCALE, description=f"multiplies the gradient (0 < scale <= {MAX_SCALE:g})")
+    scale: Float = GRADIENT_SCALE
 
     @field_validator("t_range")
     @classmethod
