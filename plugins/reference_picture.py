@@ -21,7 +21,6 @@ counter-clockwise seen from above (``atan2(y, x)`` in Blender's z-up world), whi
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +30,7 @@ import numpy as np
 
 from sjc_core.cameras import look_at
 from sjc_core.errors import SjcError
+from sjc_core.pixels import read_pixels
 
 # What the anchors use when a picture comes without its camera (DreamGaussian: elevation 0,
 # radius 2, vertical FoV 49.1 degrees, the field of view of Zero123's Objaverse renders).
@@ -120,7 +120,7 @@ def read_picture(
     the median colour of its outermost pixels); pixels within ``tolerance`` of it in every
     channel are background. A picture with no foreground pixel is an error.
     """
-    raw = _read_pixels(path, where)
+    raw = read_pixels(path, where)
     if raw.shape[0] < MIN_SIDE or raw.shape[1] < MIN_SIDE:
         raise SjcError(f"{where}: {path}: the picture is {raw.shape[1]}x{raw.shape[0]} pixels; at least {MIN_SIDE}x{MIN_SIDE} is needed")
     has_alpha = raw.shape[-1] in (2, 4)
@@ -152,38 +152,6 @@ def border_colour(colour: np.ndarray) -> tuple[float, float, float]:
     """The median colour of the outermost ring of pixels (the background of an object picture)."""
     ring = np.concatenate([colour[0], colour[-1], colour[1:-1, 0], colour[1:-1, -1]])
     return tuple(float(v) for v in np.median(ring, axis=0))  # type: ignore[return-value]
-
-
-def _read_pixels(path: Path, where: str) -> np.ndarray:
-    """float32 [H, W, C] in [0, 1], C in 1..4; one line for a missing or unreadable file."""
-    import imageio.v3 as iio
-
-    if not path.exists():
-        raise SjcError(f"{where}: {path}: no such file")
-    if not path.is_file():
-        raise SjcError(f"{where}: {path}: not a file")
-    try:
-        with warnings.catch_warnings():  # a failed read tries legacy plugins that warn about themselves
-            warnings.simplefilter("ignore")
-            raw = np.asarray(iio.imread(path))
-    except Exception as exc:  # imageio raises many types for corrupt or foreign files
-        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise SjcError(f"{where}: {path}: cannot read the picture: {detail}") from None
-    if raw.dtype == np.uint8:
-        pixels = raw.astype(np.float32) / 255.0
-    elif raw.dtype == np.uint16:
-        pixels = raw.astype(np.float32) / 65535.0
-    elif np.issubdtype(raw.dtype, np.floating):
-        pixels = raw.astype(np.float32)
-    else:
-        raise SjcError(f"{where}: {path}: unsupported pixel type {raw.dtype}")
-    if pixels.ndim == 2:
-        pixels = pixels[..., None]
-    if pixels.ndim != 3 or pixels.shape[-1] not in (1, 2, 3, 4):
-        raise SjcError(f"{where}: {path}: expected a grey, RGB or RGBA picture, got an array of shape {raw.shape}")
-    if not np.isfinite(pixels).all():
-        raise SjcError(f"{where}: {path}: the picture holds NaN or Inf values")
-    return np.clip(pixels, 0.0, 1.0)
 
 
 def _pad_square(rgb: np.ndarray, mask: np.ndarray, fill: float | tuple[float, float, float]) -> tuple[np.ndarray, np.ndarray]:

@@ -313,28 +313,9 @@ def resolve_image_path(folder: Path, file_path: str) -> Path | None:
 
 def read_image(path: Path, background: Sequence[float]) -> np.ndarray:
     """One image as float32 [H, W, 3] in [0, 1]; alpha is composited on ``background``."""
-    import warnings
+    from sjc_core.pixels import read_pixels
 
-    import imageio.v3 as iio
-
-    try:
-        with warnings.catch_warnings():  # a failed read tries legacy plugins that warn about themselves
-            warnings.simplefilter("ignore")
-            raw = np.asarray(iio.imread(path))
-    except Exception as exc:  # imageio raises many types for corrupt or foreign files
-        raise SjcError(f"{path}: cannot read image: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}".rstrip(": ")) from None
-    if raw.dtype == np.uint8:
-        image = raw.astype(np.float32) / 255.0
-    elif raw.dtype == np.uint16:
-        image = raw.astype(np.float32) / 65535.0
-    elif np.issubdtype(raw.dtype, np.floating):
-        image = raw.astype(np.float32)
-    else:
-        raise SjcError(f"{path}: unsupported pixel type {raw.dtype}")
-    if image.ndim == 2:
-        image = image[..., None]
-    if image.ndim != 3 or image.shape[-1] not in (1, 2, 3, 4):
-        raise SjcError(f"{path}: expected a grey, RGB or RGBA picture, got array shape {raw.shape}")
+    image = read_pixels(path)
     channels = image.shape[-1]
     if channels in (2, 4):  # grey+alpha or RGBA: composite on the background colour
         colour, alpha = image[..., :-1], image[..., -1:]

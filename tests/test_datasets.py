@@ -258,9 +258,25 @@ def test_missing_image_names_it(tmp_path):
 def test_unreadable_image_names_it(tmp_path):
     _scene(tmp_path, count=2)
     (tmp_path / "train" / "r_1.png").write_bytes(b"not a png at all")
-    with pytest.raises(SjcError, match=r"train/r_1.png: cannot read image") as info:
+    with pytest.raises(SjcError, match=r"train/r_1.png: cannot read the picture") as info:
         load_posed_images(tmp_path)
     assert "\n" not in str(info.value)
+
+
+def test_float_picture_with_nan_names_it(tmp_path):
+    """A float TIFF holding NaN would reach the prior's data unchecked (clip keeps NaN)."""
+    _scene(tmp_path, count=2)
+    (tmp_path / "train" / "r_1.png").unlink()
+    pixels = np.full((8, 8), 0.5, dtype=np.float32)
+    pixels[3, 4] = np.nan
+    iio.imwrite(tmp_path / "train" / "r_1.tif", pixels)
+    with pytest.raises(SjcError, match=r"train/r_1.tif: the picture holds NaN or Inf values") as info:
+        load_posed_images(tmp_path)
+    assert "\n" not in str(info.value)
+    pixels[3, 4] = 0.25
+    iio.imwrite(tmp_path / "train" / "r_1.tif", pixels)  # the same float picture, finite, is read as grey
+    data = load_posed_images(tmp_path)
+    np.testing.assert_allclose(data.images[1][3, 4], [0.25] * 3)
 
 
 def test_mixed_sizes_name_both_files_and_sizes(tmp_path):
