@@ -32,76 +32,11 @@ import numpy as np
 import torch
 
 from sjc_core.contracts import RenderOutput
+from sjc_core.render_host import geometry_dtype, host_aabb, host_spans, k_for_spans, to_device
+from sjc_core.volume_weights import VolumeWeights
 
 BACKGROUND_DEPTH = 10.0
 DEFAULT_CHUNK_RAYS = 8192  # render_view splits bigger images: at most ~0.5 GB of temporaries a chunk
-
-
-# --------------------------------------------------------------------------- host -> device
-
-
-def geometry_dtype(device: torch.device) -> torch.dtype:
-    """float64 for ray geometry, as the reference, where the device has it (MPS has not)."""
-    return torch.float32 if torch.device(device).type == "mps" else torch.float64
-
-
-def to_device(array: Any, device: torch.device | str, dtype: torch.dtype) -> torch.Tensor:
-    """Host data (numpy, lists, CPU tensors) on ``device`` without waiting for queued work.
-
-    A blocking host-to-device copy makes PyTorch synchronise the stream; ``non_blocking``
-    from pageable memory is staged by the driver at once, so the source may be freed.
-    """
-    host = torch.as_tensor(np.asarray(array) if not torch.is_tensor(array) else array, dtype=dtype)
-    return host.to(device, non_blocking=True)
-
-
-def host_aabb(field: Any) -> np.ndarray:
-    """The field's box [2, 3] as float64 numpy, fetched from the device once and cached on
-    the field (keyed by the buffer's storage and version, so a changed box is refetched)."""
-    aabb = field.aabb
-    key = (str(aabb.device), aabb.data_ptr(), aabb._version)
-    cached = getattr(field, "_sjc_host_aabb", None)
-    if cached is None or cached[0] != key:
-        cached = (key, aabb.detach().to("cpu", torch.float64).numpy())
-        try:
-            object.__setattr__(field, "_sjc_host_aabb", cached)
-        except (AttributeError, TypeError):  # a frozen or slotted field: no cache, one copy a call
-            pass
-    return cached[1]
-
-
-def host_spans(K: Any, c2w: Any, height: int, width: int, subpixel: int, aabb: np.ndarray) -> np.ndarray:
-    """float32 ``t_max - t_min`` of every ray, computed on the host from host data (numpy,
-    float64, the formulas of :func:`camera_rays` and :func:`box_intersect`).
-
-    The host needs each bundle's k, a shape, before the device has computed anything;
-    recomputing the spans here costs ~0.3 ms for 64x64 rays and never waits for the device.
-    """
-    K = np.asarray(K, dtype=np.float64)[:3, :3]
-    c2w = np.asarray(c2w, dtype=np.float64)
-    f = int(subpixel)
-    ys, xs = np.meshgrid(np.arange(height * f, dtype=np.float64), np.arange(width * f, dtype=np.float64), indexing="ij")
-    if f > 1:
-        ys, xs = (-0.5 + 1.0 / (2 * f)) + ys / f, (-0.5 + 1.0 / (2 * f)) + xs / f
-    pix = np.stack([xs.reshape(-1), ys.reshape(-1), np.ones(xs.size)], axis=1)
-    cam = pix @ np.linalg.inv(K).T
-    cam = np.concatenate([cam, np.ones((len(cam), 1))], axis=1)
-    origin = c2w[:, -1]
-    rd = (cam @ c2w.T - origin)[:, :3]
-    rd = rd / np.linalg.norm(rd, axis=-1, keepdims=True)
-    o, d = origin[:3], rd.copy()
-    d[d == 0] = 1e-6
-    lo, hi = (aabb[0] - o) / d, (aabb[1] - o) / d
-    t_min = np.maximum(np.minimum(lo, hi).max(axis=1), 0.0).astype(np.float32)
-    t_max = np.maximum(np.maximum(lo, hi).min(axis=1), 0.0).astype(np.float32)
-    return t_max - t_min
-
-
-def k_for_spans(spans: np.ndarray, step: float) -> int:
-    """The reference's k for a bundle: int(float32(max span) / float32(step)) + 1."""
-    if spans.size == 0:
-        return 1
-    return int(np.float32(spans.max()) / np.float32(step)) + 1
 
 
 # --------------------------------------------------------------------------- rays
@@ -278,52 +213,6 @@ def make_bundle(
     ticks = step * torch.arange(k, device=ro.device)  # float32, as the reference
     counts = torch.searchsorted(ticks, (t_max - t_min).contiguous(), side="left")
     return SampleBundle(ro=ro, rd=rd, t_min=t_min, t_max=t_max, step=float(step), k=k, ticks=ticks, counts=counts, order=order)
-
-
-# --------------------------------------------------------------------------- weights
-
-
-def weights_forward(sigma: torch.Tensor, step: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """alpha = 1 - exp(-sigma*step), exclusive transmittance, w = alpha * T (reference order).
-
-    Returns (w, alpha, inclusive transmittance) for the analytic backward.
-    """
-    alpha = 1 - torch.exp(-sigma * step)
-    inclusive = torch.cumprod(1 - alpha, dim=1)
-    exclusive = torch.ones_like(inclusive)
-    exclusive[:, 1:] = inclusive[:, :-1]
-    return alpha * exclusive, alpha, inclusive
-
-
-def weights_backward(
-    grad_w: torch.Tensor, w: torch.Tensor, inclusive: torch.Tensor, step: float
-) -> torch.Tensor:
-    """dL/dsigma from dL/dw along each ray (rows of [n, k]).
-
-    With T_j = exp(-step * sum_{i<j} sigma_i): dw_j/dsigma_j = step * T_{j+1} and
-    dw_i/dsigma_j = -step * w_i for i > j, so
-    dL/dsigma_j = step * (g_j * T_{j+1} - sum_{i>j} g_i w_i).
-    """
-    gw = grad_w * w
-    later = torch.flip(torch.cumsum(torch.flip(gw, [1]), dim=1), [1]) - gw  # sum over i > j
-    return (grad_w * inclusive - later) * step
-
-
-class VolumeWeights(torch.autograd.Function):
-    """Per-sample weights from densities [n, k] with an analytic backward (cumprod's
-    autograd backward is slow and divides by 1 - alpha)."""
-
-    @staticmethod
-    def forward(ctx: Any, sigma: torch.Tensor, step: float) -> torch.Tensor:  # type: ignore[override]
-        w, _, inclusive = weights_forward(sigma, step)
-        ctx.save_for_backward(w, inclusive)
-        ctx.step = step
-        return w
-
-    @staticmethod
-    def backward(ctx: Any, grad_w: torch.Tensor) -> tuple[torch.Tensor, None]:  # type: ignore[override]
-        w, inclusive = ctx.saved_tensors
-        return weights_backward(grad_w, w, inclusive, ctx.step), None
 
 
 # --------------------------------------------------------------------------- compositing

@@ -24,7 +24,8 @@ from torch import nn
 
 from sjc_core.contracts import BuildContext
 from sjc_core.errors import SjcError
-from sjc_core.render import SampleBundle, VolumeWeights
+from sjc_core.render import SampleBundle
+from sjc_core.volume_weights import VolumeWeights
 from sjc_plugins.fields.hash_encoding import HashEncoding, HashGridSpec
 from sjc_plugins.fields.hashgrid_options import (  # noqa: F401 (re-exported: the options live there)
     CPU_DEFAULTS,
