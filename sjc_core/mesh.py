@@ -3,9 +3,9 @@
 Geometry: the density is sampled on a regular lattice over the field's box (the voxel
 field's own grid when it has one), padded with one layer of empty space so every surface
 closes, and cut at a density ``threshold`` with scikit-image's marching cubes. By default
-the threshold is read off the renders: the median density at the points where camera rays
-from eight views around the object turn half opaque (SJC fields are soft, so no fixed
-level suits every run); ``ln 2 / voxel`` when no ray ends opaque.
+the threshold is read off the renders: the 10th percentile of the densities at the points
+where camera rays from eight views around the object turn half opaque (SJC fields are
+soft, so no fixed level suits every run); ``ln 2 / voxel`` when no ray ends opaque.
 
 Long phases report through an optional ``progress(phase, done, total)`` callback (phases
 ``sampling``, ``probe``, ``marching cubes``); this module prints nothing.
@@ -91,6 +91,13 @@ def native_voxel(field: Any, fallback: float) -> float:
     return 2.0 * float(step) if step else fallback
 
 
+# Which of the half-opacity densities the automatic threshold takes. Fields of four runs
+# (the demo and three suite objects, 1500 steps): the median covered 68-82 % of the pixels
+# the field renders opaque; the 10th percentile 87-95 %, with at most 0.2 % of the mesh's
+# pixels outside them (the 2nd percentile: 96-100 %, but up to 7.5 % outside: floaters).
+SURFACE_QUANTILE = 0.1
+
+
 def default_threshold(voxel: float) -> float:
     """Density at which a slab one voxel thick is half opaque: 1 - exp(-sigma * voxel) = 1/2."""
     return math.log(2.0) / voxel
@@ -104,13 +111,17 @@ def surface_threshold(
     size: int = 48,
     opaque: float = 0.9,
     progress: ProgressFn | None = None,
+    quantile: float = SURFACE_QUANTILE,
 ) -> float | None:
-    """The median density where camera rays turn half opaque, over the rays that end opaque.
+    """The ``quantile`` of the densities where camera rays turn half opaque, over the rays
+    that end opaque.
 
     SJC fields are soft: density often ramps up over several voxels and never reaches a
     fixed level such as ``ln 2 / voxel``. The point where a ray's transmittance falls to 1/2
     is where its render shows the surface, so cutting at the density found there puts the
-    mesh where the pictures put the object. None when no ray ends ``opaque``.
+    mesh where the pictures put the object. Parts of one object reach that point at
+    different densities (a thinly spread white body, a dense hat), and a cut at the median
+    drops the thinner half; a low quantile keeps them. None when no ray ends ``opaque``.
     """
     from sjc_core.cameras import intrinsics
     from sjc_core.render import box_intersect, camera_rays
@@ -141,7 +152,7 @@ def surface_threshold(
         found.append(sigma[torch.arange(len(first), device=device), first][ends_opaque])
         _report(progress, "probe", index, len(poses))
     values = torch.cat(found) if found else torch.zeros(0)
-    return float(values.median()) if values.numel() else None
+    return float(torch.quantile(values.float().cpu(), quantile)) if values.numel() else None
 
 
 @torch.no_grad()

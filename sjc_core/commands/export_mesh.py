@@ -10,7 +10,7 @@ import typer
 NAME = "export-mesh"
 
 THRESHOLD_HELP = (
-    "density of the surface (default: the median density where rays from eight views turn half opaque; "
+    "density of the surface (default: the 10th percentile of the densities where rays from eight views turn half opaque; "
     "ln 2 / voxel if no ray ends opaque)"
 )
 
