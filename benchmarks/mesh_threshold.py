@@ -85,8 +85,8 @@ def measure(run_dir: Path, quantiles: list[float], size: int, fov: float) -> dic
         rows.append({
             "quantile": quantile,
             "threshold": round(level, 3),
-            "faces": int(len(faces)),
-            "components": int(len(shape.split(only_watertight=False))),
+            "faces": len(faces),
+            "components": len(shape.split(only_watertight=False)),
             "coverage": round(float(np.mean(coverage)), 4),
             "outside": round(float(np.mean(outside)), 4),
             "psnr_db": round(float(np.mean(scores)), 2),

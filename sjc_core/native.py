@@ -37,14 +37,10 @@ ever loads what this user's sjc built, from folders only this user can write):
 from __future__ import annotations
 
 import ctypes
-import errno
 import hashlib
 import os
-import re
 import secrets
-import shlex
 import shutil
-import stat
 import subprocess
 import sys
 import tempfile
@@ -53,28 +49,23 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from sjc_core.native_cache import (  # noqa: F401 (HASH_SUFFIX: part of this module's API)
+    CREATE,
+    HASH_SUFFIX,
+    NativeUnavailable,
+    Rejected,
+    discard,
+    open_private_folder,
+    read_own_file,
+    read_verified,
+    remove_older_builds,
+    store,
+    write_all,
+)
+
 # No -ffast-math: results must follow IEEE float32 like torch. -fno-trapping-math only lets the
 # compiler turn branches on floats into selects (vectorisation); it changes no value.
 FLAGS = ("-O3", "-std=c99", "-shared", "-fPIC", "-fno-math-errno", "-fno-trapping-math", "-ffp-contract=off")
-
-HASH_SUFFIX = ".sha256"  # the record next to each library: "<sha256 hex>  <file name>\n"
-_OPEN_FILE = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
-_CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
-_OPEN_DIR = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0)
-
-
-class NativeUnavailable(RuntimeError):
-    """A library could not be built or loaded (the reason is the message). ``warn``: the
-    reason is worth a line on stderr (an unsafe cache, a bad library that could not be
-    replaced), not an ordinary absence such as no compiler."""
-
-    def __init__(self, reason: str, *, warn: bool = False) -> None:
-        super().__init__(reason)
-        self.warn = warn
-
-
-class _Rejected(Exception):
-    """A cached file failed a check or did not load: never (again) used, rebuilt instead."""
 
 
 def cache_dir() -> Path:
@@ -122,125 +113,29 @@ def build_library(name: str, source: str, signatures: dict[str, tuple[object, Se
         raise NativeUnavailable("no C compiler found (set CC)")
     folder = cache_dir() / "kernels"
     filename = _file_name(name, source, cc)
-    dir_fd = _open_private_folder(folder)
+    dir_fd = open_private_folder(folder)
     try:
         bad = ""
         try:
-            cached = _read_verified(dir_fd, filename)
+            cached = read_verified(dir_fd, filename)
             if cached is not None:
                 return _load(*cached, filename, dir_fd, folder, signatures)
-        except _Rejected as exc:
+        except Rejected as exc:
             bad = f"{folder / filename} {exc}"
-            _discard(dir_fd, filename)
+            discard(dir_fd, filename)
         try:
             data = _compile(cc, name, source, folder)
         except NativeUnavailable as exc:
             raise NativeUnavailable(f"{bad}; rebuilding it: {exc}" if bad else str(exc), warn=exc.warn or bool(bad)) from None
         digest = hashlib.sha256(data).hexdigest()
-        _store(dir_fd, filename, data, digest)
-        _remove_older_builds(dir_fd, name, keep=filename)
+        store(dir_fd, filename, data, digest)
+        remove_older_builds(dir_fd, name, keep=filename)
         try:
             return _load(data, digest, filename, dir_fd, folder, signatures)
-        except _Rejected as exc:  # freshly built and still unusable: this process uses torch
+        except Rejected as exc:  # freshly built and still unusable: this process uses torch
             raise NativeUnavailable(f"{folder / filename} (just built) {exc}", warn=True) from None
     finally:
         os.close(dir_fd)
-
-
-def _open_private_folder(folder: Path) -> int:
-    """Create ``folder`` (and its missing parents) 0700, check it and the cache root (see the
-    module docstring) and return an open descriptor of ``folder``: every later file operation
-    is relative to it, so renaming a folder afterwards cannot redirect them."""
-    try:
-        _make_private_dirs(folder)
-        root_fd = os.open(folder.parent, _OPEN_DIR)
-    except OSError as exc:
-        raise NativeUnavailable(f"cannot create {folder}: {exc.strerror or exc}") from None
-    try:
-        _check_folder(root_fd, folder.parent)
-        try:
-            fd = os.open(folder.name, _OPEN_DIR, dir_fd=root_fd)
-        except OSError as exc:
-            raise NativeUnavailable(f"cannot open {folder}: {exc.strerror or exc}") from None
-    finally:
-        os.close(root_fd)
-    try:
-        _check_folder(fd, folder)
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
-
-
-def _make_private_dirs(folder: Path) -> None:
-    missing = []
-    path = folder
-    while not os.path.lexists(path) and path.parent != path:
-        missing.append(path)
-        path = path.parent
-    for path in reversed(missing):
-        try:
-            os.mkdir(path, 0o700)
-        except FileExistsError:  # made meanwhile (another sjc process): checked like any other
-            continue
-        os.chmod(path, 0o700)  # the umask may have taken bits of 0700 too
-
-
-def _check_folder(fd: int, path: Path) -> None:
-    st = os.fstat(fd)
-    if not stat.S_ISDIR(st.st_mode):
-        raise NativeUnavailable(f"{path} is not a folder (remove it)", warn=True)
-    if st.st_uid != os.geteuid():
-        raise NativeUnavailable(
-            f"{path} is owned by uid {st.st_uid}, not by you (uid {os.geteuid()}); "
-            "remove it or set SJC_CACHE_DIR to a folder of your own",
-            warn=True,
-        )
-    if st.st_mode & 0o022:
-        who = {0o020: "group", 0o002: "others", 0o022: "group and others"}[st.st_mode & 0o022]
-        raise NativeUnavailable(f"{path} is writable by {who} (chmod 700 {shlex.quote(str(path))})", warn=True)
-
-
-def _read_own_file(name: str, dir_fd: int | None, limit: int | None = None) -> bytes | None:
-    """The bytes of a regular file owned by this user and writable by nobody else, read
-    through one descriptor; None when absent. Raises _Rejected."""
-    try:
-        fd = os.open(name, _OPEN_FILE, dir_fd=dir_fd)
-    except FileNotFoundError:
-        return None
-    except OSError as exc:
-        if exc.errno in (errno.ELOOP, errno.EMLINK):
-            raise _Rejected("is a symbolic link") from None
-        raise _Rejected(f"cannot be opened ({exc.strerror})") from None
-    with os.fdopen(fd, "rb") as file:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise _Rejected("is not a regular file")
-        if st.st_uid != os.geteuid():
-            raise _Rejected(f"is owned by uid {st.st_uid}, not by you")
-        if st.st_mode & 0o022:
-            raise _Rejected("is writable by others than you")
-        return file.read(limit) if limit else file.read()
-
-
-def _read_verified(dir_fd: int, filename: str) -> tuple[bytes, str] | None:
-    """The cached library's bytes and sha256 once they pass every check; None when there is
-    none. Raises _Rejected."""
-    data = _read_own_file(filename, dir_fd)
-    if data is None:
-        return None
-    if not data:
-        raise _Rejected("is empty")
-    try:
-        record = _read_own_file(filename + HASH_SUFFIX, dir_fd, limit=4096)
-    except _Rejected as exc:
-        raise _Rejected(f"has an untrusted hash record: {filename}{HASH_SUFFIX} {exc}") from None
-    if record is None:
-        raise _Rejected("has no hash record (sjc did not build it)")
-    digest = hashlib.sha256(data).hexdigest()
-    if record.split()[:1] != [digest.encode()]:
-        raise _Rejected("does not match its recorded sha256")
-    return data, digest
 
 
 def _compile(cc: str, name: str, source: str, folder: Path) -> bytes:
@@ -261,66 +156,14 @@ def _compile(cc: str, name: str, source: str, folder: Path) -> bytes:
                 first = (proc.stderr.strip().splitlines() or ["unknown error"])[0]
                 raise NativeUnavailable(f"{cc} failed: {first}")
             try:
-                data = _read_own_file(str(Path(tmp, f"{name}.so")), None)
-            except _Rejected as exc:
+                data = read_own_file(str(Path(tmp, f"{name}.so")), None)
+            except Rejected as exc:
                 raise NativeUnavailable(f"{cc} output {exc}", warn=True) from None
             if not data:
                 raise NativeUnavailable(f"{cc} wrote no library", warn=True)
             return data
     except OSError as exc:
         raise NativeUnavailable(f"cannot build in {folder}: {exc.strerror or exc}") from None
-
-
-def _write_atomic(dir_fd: int, name: str, data: bytes, mode: int) -> None:
-    tmp = f".tmp-{secrets.token_hex(8)}"
-    fd = os.open(tmp, _CREATE, mode, dir_fd=dir_fd)
-    try:
-        with os.fdopen(fd, "wb") as file:
-            os.fchmod(fd, mode)
-            file.write(data)
-        os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
-    except BaseException:
-        try:
-            os.unlink(tmp, dir_fd=dir_fd)
-        except OSError:
-            pass
-        raise
-
-
-def _store(dir_fd: int, filename: str, data: bytes, digest: str) -> None:
-    """Cache a fresh build and its hash record, each replaced atomically (a reader may pair
-    an old library with a new record: it then rebuilds). Best effort: the process loads the
-    bytes it holds either way."""
-    record = f"{digest}  {filename}\n".encode()
-    try:
-        _write_atomic(dir_fd, filename, data, 0o700)
-        _write_atomic(dir_fd, filename + HASH_SUFFIX, record, 0o600)
-    except OSError:
-        _discard(dir_fd, filename)
-
-
-def _discard(dir_fd: int, filename: str) -> None:
-    for entry in (filename, filename + HASH_SUFFIX):
-        try:
-            os.unlink(entry, dir_fd=dir_fd)
-        except OSError:
-            pass
-
-
-def _remove_older_builds(dir_fd: int, name: str, keep: str) -> None:
-    """Drop this library's builds from earlier sources (a process that still has one loaded
-    keeps its mapping); best effort, a file in use elsewhere or gone already is fine."""
-    pattern = re.compile(rf"{re.escape(name)}_[0-9a-f]{{16}}\.so(?:{re.escape(HASH_SUFFIX)})?")
-    try:
-        entries = os.listdir(dir_fd)
-    except OSError:
-        return
-    for entry in entries:
-        if pattern.fullmatch(entry) and entry not in (keep, keep + HASH_SUFFIX):
-            try:
-                os.unlink(entry, dir_fd=dir_fd)
-            except OSError:
-                pass
 
 
 # Libraries loaded in this process by content hash: the same bytes are loaded once.
@@ -332,7 +175,7 @@ _PINNED: list[int] = []
 
 def _load(data: bytes, digest: str, filename: str, dir_fd: int, folder: Path, signatures) -> ctypes.CDLL:
     """Load these very bytes (never a path that could have changed since they were checked)
-    and declare ``signatures``. Raises _Rejected."""
+    and declare ``signatures``. Raises Rejected."""
     lib = _BY_HASH.get(digest)
     if lib is None:
         lib = _load_bytes(data, filename, dir_fd, folder)
@@ -340,7 +183,7 @@ def _load(data: bytes, digest: str, filename: str, dir_fd: int, folder: Path, si
         try:
             symbol = getattr(lib, function)
         except AttributeError:
-            raise _Rejected(f"lacks the function {function}") from None
+            raise Rejected(f"lacks the function {function}") from None
         symbol.restype = restype
         symbol.argtypes = list(argtypes)
     _BY_HASH[digest] = lib
@@ -355,7 +198,7 @@ def _load_bytes(data: bytes, filename: str, dir_fd: int, folder: Path) -> ctypes
             pass
         else:
             try:
-                _write_all(fd, data)
+                write_all(fd, data)
                 _seal(fd)
                 lib = ctypes.CDLL(f"/proc/self/fd/{fd}")
             except OSError:  # e.g. memfds not executable here: the private file below
@@ -366,26 +209,20 @@ def _load_bytes(data: bytes, filename: str, dir_fd: int, folder: Path) -> ctypes
     # A fresh, unguessable file in the checked folder, loaded and unlinked at once.
     tmp = f".load-{secrets.token_hex(8)}.so"
     try:
-        fd = os.open(tmp, _CREATE, 0o700, dir_fd=dir_fd)
+        fd = os.open(tmp, CREATE, 0o700, dir_fd=dir_fd)
         try:
-            _write_all(fd, data)
+            write_all(fd, data)
         finally:
             os.close(fd)
         return ctypes.CDLL(str(folder / tmp))
     except OSError as exc:
         first = (str(exc).strip().splitlines() or ["unknown error"])[0]
-        raise _Rejected(f"cannot be loaded ({first})") from None
+        raise Rejected(f"cannot be loaded ({first})") from None
     finally:
         try:
             os.unlink(tmp, dir_fd=dir_fd)
         except OSError:
             pass
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view):]
 
 
 def _seal(fd: int) -> None:

@@ -32,7 +32,7 @@ def read_pixels(path: Path, where: str = "") -> np.ndarray:
         with warnings.catch_warnings():  # a failed read tries legacy plugins that warn about themselves
             warnings.simplefilter("ignore")
             raw = np.asarray(iio.imread(path))
-    except Exception as exc:  # imageio raises many types for corrupt or foreign files
+    except Exception as exc:  # noqa: BLE001 (imageio raises many types for corrupt or foreign files)
         detail = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         raise SjcError(f"{at}: cannot read the picture: {type(exc).__name__}" + (f": {detail}" if detail else "")) from None
     if raw.dtype == np.uint8:
