@@ -64,6 +64,23 @@ def plan_placement(options: Any, device: torch.device | str) -> Placement:
     )
 
 
+def indexed_device(device: torch.device | str) -> torch.device:
+    """``cuda`` names the current card (``cuda:N``), so the plan and every part agree on one device."""
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    return device
+
+
+def place_unet(unet: Any, plan: Placement) -> None:
+    """The UNet on the plan's device, dtype and memory layout, frozen, with SDPA attention."""
+    place(unet, plan.device, plan.dtype)
+    if plan.memory_format is not torch.contiguous_format:
+        unet.to(memory_format=plan.memory_format)
+    unet.eval().requires_grad_(False)
+    use_sdpa_attention(unet)
+
+
 def use_sdpa_attention(unet: Any) -> int:
     """Set PyTorch's scaled_dot_product_attention (diffusers' AttnProcessor2_0) on every plain attention layer.
 

@@ -36,11 +36,12 @@ from sjc_plugins.priors.stable_diffusion_options import (  # noqa: F401 (re-expo
 from sjc_plugins.priors._sd_placement import (
     Placement,
     decode_latents,
+    indexed_device,
     place,
+    place_unet,
     plan_placement,
     return_cached_memory,
     set_attention_slicing,
-    use_sdpa_attention,
 )
 from sjc_plugins.priors._diffusion_common import (
     VpLadder,
@@ -228,9 +229,7 @@ def assemble_stable_diffusion(
     ``cpu_offload``) and then moves to the CPU. Every part ends in eval mode without grads.
     ``scheduler`` gives the noise ladder and the prediction type.
     """
-    device = torch.device(device)
-    if device.type == "cuda" and device.index is None:
-        device = torch.device("cuda", torch.cuda.current_device())
+    device = indexed_device(device)
     ladder = VpLadder.from_scheduler(scheduler, options.model)
     if text_encoder.config.hidden_size != unet.config.cross_attention_dim:
         raise SjcError(
@@ -239,11 +238,7 @@ def assemble_stable_diffusion(
         )
     plan = plan_placement(options, device)
 
-    place(unet, plan.device, plan.dtype)
-    if plan.memory_format is not torch.contiguous_format:
-        unet.to(memory_format=plan.memory_format)
-    unet.eval().requires_grad_(False)
-    use_sdpa_attention(unet)
+    place_unet(unet, plan)
     set_attention_slicing(unet, options.attention_slicing)
     if options.compile:
         unet.compile()  # in place: the module keeps its type, attributes and config

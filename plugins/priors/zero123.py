@@ -56,10 +56,11 @@ from sjc_plugins.priors._sd_placement import (
     HOST,
     Placement,
     decode_latents,
+    indexed_device,
     place,
+    place_unet,
     plan_placement,
     return_cached_memory,
-    use_sdpa_attention,
 )
 from sjc_plugins.priors._zero123_loading import (  # noqa: F401 (re-exported)
     CLIP_MEAN,
@@ -299,9 +300,7 @@ def assemble_zero123(
 ) -> Zero123Prior:
     """Check that the parts fit, place them (as the Stable Diffusion prior places its own),
     encode the picture and wrap everything as a prior."""
-    device = torch.device(device)
-    if device.type == "cuda" and device.index is None:
-        device = torch.device("cuda", torch.cuda.current_device())
+    device = indexed_device(device)
     ladder = VpLadder.from_scheduler(scheduler, options.model)
     latent_channels = int(vae.config.latent_channels)
     if int(unet.config.in_channels) != int(unet.config.out_channels) + latent_channels:
@@ -317,11 +316,7 @@ def assemble_zero123(
             f"{unet.config.cross_attention_dim}"
         )
     plan = plan_placement(options, device)
-    place(unet, plan.device, plan.dtype)
-    if plan.memory_format is not torch.contiguous_format:
-        unet.to(memory_format=plan.memory_format)
-    unet.eval().requires_grad_(False)
-    use_sdpa_attention(unet)
+    place_unet(unet, plan)
     projection.to(plan.device).eval().requires_grad_(False)
     place(vae, plan.vae_home, torch.float32).eval().requires_grad_(False)
     place(image_encoder, plan.text_device, plan.text_dtype).eval().requires_grad_(False)
