@@ -223,19 +223,10 @@ def paas_ascent(
     batch do not interact. ``sigmas`` comes from :func:`sjc_core.paas.sigma_schedule`
     (``random`` or ``annealed``). Returns the final images (detached).
     """
-    if lr <= 0:
-        raise ValueError(f"lr must be > 0 (got {lr})")
-    levels = [float(s) for s in np.asarray(sigmas, dtype=np.float64).reshape(-1)]
-    image = y.detach().clone().requires_grad_(True)
-    optimizer = torch.optim.Adamax([image], lr=lr)
-    for i, sigma in enumerate(levels):
-        g = paas_gradient_batch(denoise, image.detach(), sigma, n_noise=n_noise, var_red=var_red, generator=generator)
-        optimizer.zero_grad(set_to_none=True)
-        image.grad = -g  # d/dy of the surrogate -(g * y).sum()
-        optimizer.step()
-        if callback is not None:
-            callback(i + 1, len(levels), sigma, image.detach())
-    return image.detach()
+    def gradient(image: torch.Tensor, sigma: float, progress: float) -> torch.Tensor:
+        return paas_gradient_batch(denoise, image, sigma, n_noise=n_noise, var_red=var_red, generator=generator)
+
+    return _adamax_ascent(y, sigmas, lr, gradient, callback)
 
 
 def estimator_ascent(
@@ -255,15 +246,30 @@ def estimator_ascent(
     and takes one Adamax step on ``-(g * y).sum()``; ``sigmas`` comes from the estimator's own
     ``schedule``. With the ``paas`` estimator this is exactly :func:`paas_ascent`.
     """
+    def gradient(image: torch.Tensor, sigma: float, progress: float) -> torch.Tensor:
+        return estimator.gradient(prior, image, sigma, progress, cond, generator)  # type: ignore[attr-defined]
+
+    return _adamax_ascent(y, sigmas, lr, gradient, callback)
+
+
+def _adamax_ascent(
+    y: torch.Tensor,
+    sigmas: np.ndarray | Sequence[float],
+    lr: float,
+    gradient: Callable[[torch.Tensor, float, float], torch.Tensor],
+    callback: Callback | None,
+) -> torch.Tensor:
+    """One Adamax step on the surrogate ``-(g * y).sum()`` per sigma, g = ``gradient(y, sigma,
+    i / len(sigmas))``: the loop both ascents share (the 3D engine's update without the renderer)."""
     if lr <= 0:
         raise ValueError(f"lr must be > 0 (got {lr})")
     levels = [float(s) for s in np.asarray(sigmas, dtype=np.float64).reshape(-1)]
     image = y.detach().clone().requires_grad_(True)
     optimizer = torch.optim.Adamax([image], lr=lr)
     for i, sigma in enumerate(levels):
-        g = estimator.gradient(prior, image.detach(), sigma, i / len(levels), cond, generator)  # type: ignore[attr-defined]
+        g = gradient(image.detach(), sigma, i / len(levels))
         optimizer.zero_grad(set_to_none=True)
-        image.grad = -g.to(image.dtype)
+        image.grad = -g.to(image.dtype)  # d/dy of the surrogate -(g * y).sum()
         optimizer.step()
         if callback is not None:
             callback(i + 1, len(levels), sigma, image.detach())
