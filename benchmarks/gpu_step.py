@@ -586,7 +586,6 @@ def main(argv: list[str] | None = None) -> int:
     log(f"device {device} ({device_name(device)}), torch {torch.__version__}")
 
     from sjc_core.engine import Trainer
-    from sjc_core.paas import default_sigma_range, sigma_schedule
 
     from sjc_core.estimator_recipe import estimator_of
 
@@ -654,12 +653,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.reference:
         ladder = np.sort(prior.sigmas.double().cpu().numpy())
-        low, high = default_sigma_range(prior)
-        paas = estimator.options
-        sigmas = sigma_schedule(
-            paas.schedule, prior.sigmas, settings.steps, np.random.default_rng([settings.seed, 1]),
-            sigma_min=paas.sigma_min or low, sigma_max=paas.sigma_max or high,
-        )
+        sigmas = trainer.sigmas  # the recipe's PAAS schedule, drawn once by Trainer.create
         plan, field_options = trainer.plan, recipe.field.options
         del trainer, parts, prior, unet, field
         reset_peak(device)  # free ours before the reference's fp32 UNet exists

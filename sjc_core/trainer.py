@@ -130,8 +130,8 @@ class Trainer:
     camera_rng: np.random.Generator
     noise_rng: torch.Generator
     estimator: Estimator
+    base_lrs: tuple[float, ...]  # each parameter group's rate before the recipe's decay
     term: str = PAAS_TERM  # the estimator's name: its gradient norm's key among the step's terms
-    base_lrs: tuple[float, ...] = ()  # each parameter group's rate before the recipe's decay
     step: int = 0
     synchronize: Callable[[], None] | None = None
 
@@ -208,8 +208,7 @@ class Trainer:
         probes += [grad.norm().float(), _gradient_sum(self.optimizer, surrogate.device)]
         values = torch.stack(probes)
         decay = decay_factor(settings.lr_final_ratio, self.step, settings.steps)
-        if self.base_lrs:
-            apply_decay(self.optimizer, self.base_lrs, decay)
+        apply_decay(self.optimizer, self.base_lrs, decay)
         self.optimizer.step()
         done = self._clock()
         self.step += 1
