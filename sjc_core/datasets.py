@@ -34,6 +34,7 @@ from typing import Any, Literal
 import numpy as np
 
 from sjc_core.errors import SjcError
+from sjc_core.pixels import read_pixels
 
 Split = Literal["train", "val", "test"]
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
@@ -313,8 +314,6 @@ def resolve_image_path(folder: Path, file_path: str) -> Path | None:
 
 def read_image(path: Path, background: Sequence[float]) -> np.ndarray:
     """One image as float32 [H, W, 3] in [0, 1]; alpha is composited on ``background``."""
-    from sjc_core.pixels import read_pixels
-
     image = read_pixels(path)
     channels = image.shape[-1]
     if channels in (2, 4):  # grey+alpha or RGBA: composite on the background colour
