@@ -31,11 +31,11 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=ROOT / "data" / "demo")
     args = parser.parse_args()
 
-    from sjc_core import engine
-    from sjc_core.cameras import intrinsics
-    from sjc_core.datasets import load_posed_images
+    from sjc_core.fit.datasets import load_posed_images
     from sjc_core.plugins import load_registry
-    from sjc_core.render import render_view
+    from sjc_core.render.cameras import intrinsics
+    from sjc_core.render.view import render_view
+    from sjc_core.runs import engine
 
     run = engine.load_run(args.run_dir, load_registry())
     parts = run.parts

@@ -71,8 +71,8 @@ def _split_top_level(text: str) -> list[str]:
 
 def estimator_recipe(base: Path, name: str, options: dict[str, Any], path: Path) -> Path:
     """The base recipe with [paas] replaced by this estimator's table, written to ``path``."""
-    from sjc_core import toml_out
-    from sjc_core.recipe import read_toml
+    from sjc_core.recipes import toml_out
+    from sjc_core.recipes.recipe import read_toml
 
     raw = read_toml(base)
     raw.pop("paas", None)
@@ -82,7 +82,7 @@ def estimator_recipe(base: Path, name: str, options: dict[str, Any], path: Path)
 
 
 def measure(name: str, data: Path, scratch: Path, args: argparse.Namespace, log) -> dict[str, Any]:  # type: ignore[no-untyped-def]
-    from sjc_core.datasets import load_posed_images
+    from sjc_core.fit.datasets import load_posed_images
 
     train = load_posed_images(data, "train")
     test = load_posed_images(data, "test")

@@ -142,10 +142,9 @@ def make_tokenizer() -> tuple[Any, str]:
 
 def build_modules(tiny: bool, device: torch.device, seed: int = 0) -> dict[str, Any]:
     """Fresh random-weight modules in float32: UNet (built on ``device``), text encoder, VAE, scheduler."""
+    import diffusers
     from diffusers import DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
-
-    import diffusers
 
     diffusers.logging.set_verbosity_error()  # no "modules that should be kept in float32" chatter
     torch.manual_seed(seed)
@@ -352,7 +351,7 @@ class ReferenceStep:
     ) -> None:
         from diffusers.models.attention_processor import AttnProcessor
 
-        from sjc_core.cameras import LABEL_PROMPTS
+        from sjc_core.render.cameras import LABEL_PROMPTS
 
         settings = recipe.settings
         self.settings, self.plan, self.device = settings, plan, device
@@ -391,7 +390,7 @@ class ReferenceStep:
         )
         depth = recipe_loss_options(recipe, "center-depth")
         self.depth_weight = float(depth.weight) if depth else 0.0
-        from sjc_core.estimator_recipe import estimator_of
+        from sjc_core.recipes.estimator_table import estimator_of
 
         self.var_red = estimator_of(recipe).options.var_red  # --reference: the recipe's estimator is PAAS
         self.camera_rng = np.random.default_rng([settings.seed, 2])
@@ -415,7 +414,7 @@ class ReferenceStep:
 
     def render(self, view: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """voxnerf/render.py's render_ray_bundle for one view: image [1, C, H, W], depth [H, W], weights [k, n]."""
-        from sjc_core.cameras import intrinsics
+        from sjc_core.render.cameras import intrinsics
 
         size, device = self.plan.render_size, self.device
         ro64, rd64 = reference_rays(intrinsics(view.fov_deg, size, size), view.c2w, size, size)
@@ -478,7 +477,7 @@ class ReferenceStep:
             return z - s * eps
 
     def train_step(self) -> Any:
-        from sjc_core.cameras import sample_train_view
+        from sjc_core.render.cameras import sample_train_view
 
         settings = self.settings
         view = sample_train_view(self.camera_rng, settings.camera, self.plan.radius, self.plan.fov_range)
@@ -532,7 +531,7 @@ class ReferenceStep:
 
 def load_rose(args: argparse.Namespace) -> tuple[Any, Any]:
     from sjc_core.plugins import load_registry
-    from sjc_core.recipe import load_recipe
+    from sjc_core.recipes.recipe import load_recipe
 
     overrides = list(args.overrides)
     if args.render_size:
@@ -544,7 +543,7 @@ def load_rose(args: argparse.Namespace) -> tuple[Any, Any]:
 def build_parts(recipe: Any, prior: Any, device: torch.device) -> Any:
     """Field and losses through their registry factories, exactly as build_components does."""
     from sjc_core.contracts import BuildContext
-    from sjc_core.engine import Components
+    from sjc_core.training.trainer import Components
 
     ctx = BuildContext(device=device, base_dir=recipe.base_dir, seed=recipe.settings.seed)
     field_ctx = replace(ctx, channels=prior.channels, value_range=prior.value_range)
@@ -554,8 +553,8 @@ def build_parts(recipe: Any, prior: Any, device: torch.device) -> Any:
 
 
 def warm_conditioning(prior: Any) -> None:
-    from sjc_core.cameras import LABEL_PROMPTS
     from sjc_core.contracts import View
+    from sjc_core.render.cameras import LABEL_PROMPTS
 
     for label in LABEL_PROMPTS:  # cached per label: keep text encoding out of the timed steps
         prior.condition(View(label=label))
@@ -585,9 +584,8 @@ def main(argv: list[str] | None = None) -> int:
     device = pick_device(args.device)
     log(f"device {device} ({device_name(device)}), torch {torch.__version__}")
 
-    from sjc_core.engine import Trainer
-
-    from sjc_core.estimator_recipe import estimator_of
+    from sjc_core.recipes.estimator_table import estimator_of
+    from sjc_core.training.trainer import Trainer
 
     recipe, _ = load_rose(args)
     settings = recipe.settings

@@ -76,9 +76,9 @@ def build(name: str, options: dict[str, Any], device: torch.device, channels: in
 
 def sjc_step_times(field, device: torch.device, steps: int, warmup: int, size: int = 64) -> dict[str, Any]:
     """Median phase times of a synthetic SJC step (render, backward, optimizer)."""
-    from sjc_core.cameras import intrinsics, sample_train_view
-    from sjc_core.recipe import CameraConfig
-    from sjc_core.render import render_view
+    from sjc_core.recipes.model import CameraConfig
+    from sjc_core.render.cameras import intrinsics, sample_train_view
+    from sjc_core.render.view import render_view
     from sjc_plugins.losses.emptiness import EmptinessLoss, EmptinessOptions
 
     rng = np.random.default_rng(0)

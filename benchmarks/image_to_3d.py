@@ -80,12 +80,12 @@ def other_views(data: Path, keep_out: int, folder: Path, exclude_deg: float = 0.
 
 def run_arm(arm: str, prior_data: Path, reference: dict[str, Any], checkpoints: list[int], test, ref_view, args, log) -> dict[str, Any]:
     """One SJC run (or the picture-only fit), evaluated at each checkpoint step."""
-    from sjc_core.cameras import intrinsics
     from sjc_core.commands.common import registry
-    from sjc_core.optim import Adamax
-    from sjc_core.recipe import load_recipe
-    from sjc_core.render import render_view
-    from sjc_core.trainer import Trainer, build_components
+    from sjc_core.recipes.recipe import load_recipe
+    from sjc_core.render.cameras import intrinsics
+    from sjc_core.render.view import render_view
+    from sjc_core.training.optim import Adamax
+    from sjc_core.training.trainer import Trainer, build_components
 
     steps = max(checkpoints)
     overrides = [f"prior.images={json.dumps(str(prior_data))}", f"steps={steps}", 'device="cpu"', f"seed={args.seed}"]
@@ -121,7 +121,7 @@ def run_arm(arm: str, prior_data: Path, reference: dict[str, Any], checkpoints: 
 
 
 def measure(name: str, data: Path, scratch: Path, args, log) -> dict[str, Any]:
-    from sjc_core.datasets import load_posed_images
+    from sjc_core.fit.datasets import load_posed_images
 
     train = load_posed_images(data, "train")
     test = load_posed_images(data, "test")

@@ -3,7 +3,7 @@
     python benchmarks/mesh_threshold.py runs/demo-seed0 [more run folders] --quantiles 0.5 0.3 0.2 0.1 0.05 0.02
 
 `sjc export-mesh` without ``--threshold`` cuts the density at a quantile of the densities
-where rays from eight views turn half opaque (:func:`sjc_core.mesh.surface_threshold`). For
+where rays from eight views turn half opaque (:func:`sjc_core.mesh.extract.surface_threshold`). For
 each run (a pixel-prior run: its field holds colours) and each quantile this extracts the
 mesh as the export does (vertex colours from the field's features half a voxel inside),
 draws it at the four cameras of ``scripts/mesh_picture.py`` and the field beside it, and
@@ -34,8 +34,8 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 def field_pictures(run: Any, poses: list[np.ndarray], size: int, fov: float) -> list[tuple[np.ndarray, np.ndarray]]:
     """(colour in [0, 1] [H, W, 3], opacity >= 1/2 [H, W]) of the field at each pose."""
-    from sjc_core.cameras import intrinsics
-    from sjc_core.render import render_view
+    from sjc_core.render.cameras import intrinsics
+    from sjc_core.render.view import render_view
 
     low, high = run.value_range
     K = intrinsics(fov, size, size)
@@ -52,10 +52,10 @@ def measure(run_dir: Path, quantiles: list[float], size: int, fov: float) -> dic
     import trimesh
     from mesh_picture import cameras, draw
 
-    from sjc_core import mesh
-    from sjc_core.mesh_colors import feature_colors
-    from sjc_core.mesh_export import load_mesh_run
-    from sjc_core.mesh_raster import psnr
+    from sjc_core.mesh import extract as mesh
+    from sjc_core.mesh.colors import feature_colors
+    from sjc_core.mesh.export import load_mesh_run
+    from sjc_core.mesh.raster import psnr
     from sjc_core.plugins import default_registry
 
     run = load_mesh_run(run_dir, default_registry(), "features")

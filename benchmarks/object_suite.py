@@ -6,15 +6,15 @@
 For each object of ``data/suite`` (made first by ``scripts/make_object_suite.py`` when
 missing, or into ``--suite``):
 
-- **fit**: ``sjc fit`` through its Python API (:func:`sjc_core.fit.fit_posed_images`), once
+- **fit**: ``sjc fit`` through its Python API (:func:`sjc_core.fit.fitting.fit_posed_images`), once
   per ``--fit-steps`` value (the learning rate decays over the whole run, so each step
   count is its own run). ``final`` is the held-out PSNR of the longest fit at its end,
   ``best`` the best held-out PSNR seen during any of them (``sjc fit`` scores the held-out
   views every 250 steps): a fit that declines with training shows best > final.
 - **SJC**: the demo recipe (``recipes/demo.toml``) with ``prior.images`` pointed at the
   object's folder, ``steps`` = the largest ``--sjc-steps``, loaded by
-  :func:`sjc_core.recipe.load_recipe`; one run, stepped by the same
-  :class:`sjc_core.trainer.Trainer` that :func:`sjc_core.engine.run` drives, and its field
+  :func:`sjc_core.recipes.recipe.load_recipe`; one run, stepped by the same
+  :class:`sjc_core.training.trainer.Trainer` that :func:`sjc_core.runs.engine.run` drives, and its field
   is evaluated when it reaches each requested step (so "SJC at 500" is step 500 of the
   2000-step run, with that run's noise schedule, not a separate 500-step run).
 - baselines on the same held-out views: the mean training picture, and the training
@@ -62,8 +62,8 @@ def baselines(train, test) -> dict[str, float]:
 
 @torch.no_grad()
 def sjc_heldout_psnr(parts, test) -> float:
-    from sjc_core.cameras import intrinsics
-    from sjc_core.render import render_view
+    from sjc_core.render.cameras import intrinsics
+    from sjc_core.render.view import render_view
 
     k = intrinsics(test.fov_deg, test.height, test.width)
     errors = []
@@ -76,7 +76,8 @@ def sjc_heldout_psnr(parts, test) -> float:
 
 def run_fit(data: Path, out: Path, steps: int, log) -> dict[str, Any]:
     from sjc_core.commands.common import registry
-    from sjc_core.fit import FitSettings, fit_posed_images
+    from sjc_core.fit.fitting import fit_posed_images
+    from sjc_core.fit.settings import FitSettings
 
     settings = FitSettings(steps=steps, video_frames=0, device="cpu")
     began = time.perf_counter()
@@ -90,9 +91,9 @@ def run_fit(data: Path, out: Path, steps: int, log) -> dict[str, Any]:
 
 def run_sjc(data: Path, checkpoints: list[int], test, recipe_path: Path, overrides: list[str], log) -> dict[str, Any]:
     from sjc_core.commands.common import registry
-    from sjc_core.engine import resolve_device
-    from sjc_core.recipe import load_recipe
-    from sjc_core.trainer import Trainer, build_components
+    from sjc_core.devices import resolve_device
+    from sjc_core.recipes.recipe import load_recipe
+    from sjc_core.training.trainer import Trainer, build_components
 
     steps = max(checkpoints)
     recipe = load_recipe(recipe_path, registry(), overrides=[
@@ -114,7 +115,7 @@ def run_sjc(data: Path, checkpoints: list[int], test, recipe_path: Path, overrid
 
 
 def measure(name: str, data: Path, scratch: Path, args, log) -> dict[str, Any]:
-    from sjc_core.datasets import load_posed_images
+    from sjc_core.fit.datasets import load_posed_images
 
     train = load_posed_images(data, "train")
     test = load_posed_images(data, "test")

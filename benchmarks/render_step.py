@@ -2,7 +2,7 @@
 
 A step: render camera 0 of the parity case at 64x64 with C=4 latents from a 100^3 grid,
 take one backward of ``-sum(g * image) + emptiness`` and one Adamax step (the engine's
-:class:`sjc_core.optim.Adamax`, torch's numbers from one C pass). The parameters
+:class:`sjc_core.training.optim.Adamax`, torch's numbers from one C pass). The parameters
 are each scenario's from shared/parity/README.md section 2 (restored before every step so
 all steps do the same work). Prints one JSON line per scenario: median/min/max wall seconds
 over the timed steps, median CPU seconds of the process, peak RSS of the whole process
@@ -50,7 +50,7 @@ def camera() -> tuple[np.ndarray, np.ndarray]:
     case = parity_case()
     if case is not None:
         return case["cam0_K"], case["cam0_pose"]
-    from sjc_core.cameras import intrinsics, look_at
+    from sjc_core.render.cameras import intrinsics, look_at
 
     return intrinsics(65.33265554575144, 64, 64), look_at(np.array([1.4196, 0.1805, -0.4496]))
 
@@ -74,8 +74,8 @@ def parameters(scenario: str) -> dict[str, torch.Tensor]:
 
 def sjc_step(scenario: str, backend: str):  # type: ignore[no-untyped-def]
     from sjc_core.contracts import BuildContext
-    from sjc_core.optim import Adamax
-    from sjc_core.render import render_view
+    from sjc_core.render.view import render_view
+    from sjc_core.training.optim import Adamax
     from sjc_plugins.fields.voxel import VoxelOptions, build_voxel_field
 
     p = parameters(scenario)
@@ -105,7 +105,8 @@ def sjc_step(scenario: str, backend: str):  # type: ignore[no-untyped-def]
 
 def reference_step(scenario: str):  # type: ignore[no-untyped-def]
     """The reference's sequence of operations, written for timing only."""
-    from sjc_core.render import box_intersect, camera_rays
+    from sjc_core.render.rays import camera_rays
+    from sjc_core.render.spans import box_intersect
 
     p = parameters(scenario)
     density = torch.nn.Parameter(p["density"][None, None].clone())

@@ -53,11 +53,10 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     sys.path.insert(0, str(ROOT / "tests"))
 
-    from tiny_models import SD_LATENT_SIZE, build_sd_folder
-
     from sjc_core.contracts import BuildContext, View
-    from sjc_core.paas import paas_gradient
     from sjc_core.plugins import load_registry
+    from sjc_core.training.paas import paas_gradient
+    from tiny_models import SD_LATENT_SIZE, build_sd_folder
 
     results: dict[str, object] = {
         "device": "cpu",

@@ -28,9 +28,9 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    from sjc_core import engine
     from sjc_core.plugins import load_registry
-    from sjc_core.recipe import load_recipe
+    from sjc_core.recipes.recipe import load_recipe
+    from sjc_core.runs import engine
 
     recipe = load_recipe(args.recipe, load_registry(), args.overrides)
     parts = engine.build_components(recipe, torch.device("cpu"))

@@ -10,7 +10,7 @@ at elevation ``e`` (degrees above the horizon), azimuth ``a`` and distance ``r``
 
     r * (-cos e cos a, sin e, cos e sin a)
 
-which is :func:`sjc_core.cameras.eye_on_sphere`'s placement, so ``a`` is the recipe's
+which is :func:`sjc_core.render.cameras.eye_on_sphere`'s placement, so ``a`` is the recipe's
 ``[camera]`` azimuth: 0 is the sampler's ``front`` (the -x side), and ``a`` grows
 counter-clockwise seen from above. Zero123's pose features are differences of these
 angles: its data set measures the polar angle from the up axis and the azimuth
@@ -28,9 +28,9 @@ from typing import Literal
 
 import numpy as np
 
-from sjc_core.cameras import look_at
 from sjc_core.errors import SjcError
-from sjc_core.pixels import read_pixels
+from sjc_core.files.pixels import read_pixels
+from sjc_core.render.cameras import look_at
 
 # What the anchors use when a picture comes without its camera (DreamGaussian: elevation 0,
 # radius 2, vertical FoV 49.1 degrees, the field of view of Zero123's Objaverse renders).

@@ -27,11 +27,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from sjc_core.artifacts import to_uint8, write_image, write_text
-from sjc_core.cameras import intrinsics, orbit_path, sample_train_view
-from sjc_core.datasets import write_transforms
-from sjc_core.recipe import CameraConfig
-from sjc_core.render import render_view
+from sjc_core.files.atomic import write_text
+from sjc_core.files.pictures import to_uint8, write_image
+from sjc_core.fit.transforms import write_transforms
+from sjc_core.recipes.model import CameraConfig
+from sjc_core.render.cameras import intrinsics, orbit_path, sample_train_view
+from sjc_core.render.view import render_view
 
 BACKGROUND = 0.5  # mid grey: what a field whose background features start at 0 shows under 2*sigmoid-1
 LIGHT = (-0.55, 0.75, 0.35)  # from above, in front (-x) and a little to +z

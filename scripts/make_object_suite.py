@@ -42,7 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # make_demo_data sits 
 
 import make_demo_data as demo
 
-from sjc_core.artifacts import write_text
+from sjc_core.files.atomic import write_text
 
 Vec = tuple[float, float, float]
 Shape = tuple  # ("sphere", centre, r) | ("capsule", a, b, r) | ("cylinder_y", centre, r, half_h)

@@ -1,6 +1,6 @@
 """Pictures of meshes from four sides, without OpenGL (for the README's docs/ pictures).
 
-Each mesh is one row of four views, drawn by ``sjc_core.mesh_raster`` (a z-buffered
+Each mesh is one row of four views, drawn by ``sjc_core.mesh.raster`` (a z-buffered
 numpy rasteriser): vertex-coloured meshes (PLY, OBJ, GLB) and UV-textured ones (OBJ with
 its MTL and PNG, GLB) alike. Unlit by default, like the field's own renders; ``--shade``
 adds a diffuse light. With ``--field RUN_DIR`` (a run of a pixel prior) the first row is
@@ -23,8 +23,8 @@ import numpy as np
 import trimesh
 from PIL import Image, ImageDraw
 
-from sjc_core.cameras import intrinsics, look_at
-from sjc_core.mesh_raster import MeshPicture, psnr, render_mesh
+from sjc_core.mesh.raster import MeshPicture, psnr, render_mesh
+from sjc_core.render.cameras import intrinsics, look_at
 
 LIGHT = np.array([0.4, 0.8, 0.45])
 
@@ -59,9 +59,9 @@ def field_views(run_dir: Path, poses: list[np.ndarray], size: int, fov: float) -
     """The run's field rendered at ``poses`` (one ray per pixel, 2 x 2 averaged), as [size, size, 3] in [0, 1]."""
     import torch
 
-    from sjc_core.mesh_export import load_mesh_run
+    from sjc_core.mesh.export import load_mesh_run
     from sjc_core.plugins import default_registry
-    from sjc_core.render import render_view
+    from sjc_core.render.view import render_view
 
     run = load_mesh_run(run_dir, default_registry(), "features")
     if run.value_range is None:

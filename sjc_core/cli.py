@@ -52,7 +52,7 @@ def main() -> None:
             print(f"error: {line}", file=sys.stderr)
         sys.exit(2)
     except OSError as exc:
-        from sjc_core.artifacts import describe_os_error
+        from sjc_core.files.atomic import describe_os_error
 
         print(f"error: {describe_os_error(exc)}", file=sys.stderr)
         sys.exit(2)

@@ -125,10 +125,10 @@ class Field(Protocol):
     ``step_size`` is the ray-marching step; features are evaluated only for samples whose
     weight exceeds ``weight_threshold`` (their colour is exactly 0 elsewhere).
 
-    Optional fast path: ``render_foreground(bundle: sjc_core.render.SampleBundle)`` returning
+    Optional fast path: ``render_foreground(bundle: sjc_core.render.samples.SampleBundle)`` returning
     ``(features [n, C], weights [n, k])`` -- the volume integral without the background, in
     one fused step -- optionally followed by ``opacity [n]`` (sum of weights) and ``depth [n]``
-    (sum of weight * distance) when it computes them on the way, or None to decline. :func:`sjc_core.render.render_rays` uses it when
+    (sum of weight * distance) when it computes them on the way, or None to decline. :func:`sjc_core.render.view.render_rays` uses it when
     present; it must equal the generic path built from ``density`` and ``features``.
     """
 
@@ -160,7 +160,7 @@ class Loss(Protocol):
     Optional hook: ``attach(field=..., prior=..., device=...)``. When a loss has it, the
     trainer calls it once after building the field (before any step), so a loss can render
     views of its own (the ``reference-view`` loss renders the input picture's camera with
-    :func:`sjc_core.render.render_view`) or ask the prior to encode a target.
+    :func:`sjc_core.render.view.render_view`) or ask the prior to encode a target.
     """
 
     def __call__(self, render: RenderOutput, progress: float) -> torch.Tensor:

@@ -39,7 +39,7 @@ def register_estimators(register) -> None:  # type: ignore[no-untyped-def]
 
     The factory returns an object with ``schedule(prior, steps, rng)`` and
     ``gradient(prior, y, sigma, progress, cond, generator)``
-    (:class:`sjc_core.estimation.Estimator`).
+    (:class:`sjc_core.training.estimation.Estimator`).
     """
 
 

@@ -8,6 +8,7 @@ helps when a broken plugin needs to be isolated. A registry is a plain value bui
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 import types
@@ -22,7 +23,7 @@ import pluggy
 from pydantic import BaseModel
 
 from sjc_core import hookspecs
-from sjc_core.errors import SjcError, closest_first
+from sjc_core.errors import SjcError, closest_first, shorten
 
 KINDS = ("priors", "fields", "losses", "estimators")
 SINGULAR = {"priors": "prior", "fields": "field", "losses": "loss", "estimators": "estimator"}
@@ -60,6 +61,19 @@ class PluginInfo:
         return rows
 
 
+@dataclass(frozen=True)
+class ImportedFactory:
+    """A factory named by module and attribute and imported on its first call, as an entry
+    point names a plugin: a registration can list a plugin without importing its
+    implementation (and torch), and the registering layer need not import the one below it."""
+
+    module: str
+    attribute: str
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return getattr(importlib.import_module(self.module), self.attribute)(*args, **kwargs)
+
+
 @dataclass
 class Registry:
     """Everything the installed plugins registered, plus the manager for command hooks."""
@@ -79,8 +93,6 @@ class Registry:
         try:
             return self.entries[(kind, name)]
         except KeyError:
-            from sjc_core.recipe import shorten  # recipe imports this module: lazily
-
             known = closest_first(name, self.names(kind))
             listing = ", ".join(known) if known else "none installed"
             prefix = f"{where}: " if where else ""

@@ -7,7 +7,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from sjc_core.cameras import intrinsics
+from sjc_core.render.cameras import intrinsics
 
 
 def ball_renderer(

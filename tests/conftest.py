@@ -126,7 +126,7 @@ def write_sample_images(folder: Path, count: int = 4, size: int = 16) -> Path:
     """``count`` distinct small RGB PNGs in ``folder``."""
     import numpy as np
 
-    from sjc_core.artifacts import write_image
+    from sjc_core.files.pictures import write_image
 
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)

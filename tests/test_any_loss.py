@@ -13,8 +13,8 @@ import math
 import pytest
 import torch
 
-from sjc_core.cameras import intrinsics, look_at
-from sjc_core.render import render_view
+from sjc_core.render.cameras import intrinsics, look_at
+from sjc_core.render.view import render_view
 from sjc_plugins.fields._voxel_native import kernel_or_reason
 from sjc_plugins.fields.voxel import VoxelField, VoxelOptions
 
@@ -87,7 +87,7 @@ def test_every_backend_gives_the_generic_gradients(pattern, backend, activation,
     if backend == "native" and kernel_or_reason()[0] is None:
         pytest.skip(f"native kernel unavailable: {kernel_or_reason()[1]}")
     if backend.endswith("-dense"):
-        monkeypatch.setattr("sjc_core.render.compact_samples", lambda device: False)
+        monkeypatch.setattr("sjc_core.render.samples.compact_samples", lambda device: False)
     field = make_field(backend.removesuffix("-dense"), activation)
     assert field.backend == backend.removesuffix("-dense")
     apply_loss(field, pattern)
@@ -125,7 +125,7 @@ def test_torch_node_frees_its_tensors_after_the_backward(layout, monkeypatch):
     """A run keeps several steps' outputs until it reads them back: their render nodes must
     not hold the samples' corners or features once the backward has run."""
     if layout == "dense":
-        monkeypatch.setattr("sjc_core.render.compact_samples", lambda device: False)
+        monkeypatch.setattr("sjc_core.render.samples.compact_samples", lambda device: False)
     field = make_field("torch")
     out = _render(field)
     node = out.weights.grad_fn
@@ -146,7 +146,7 @@ def test_hashgrid_fused_path_gives_the_generic_gradients(pattern, layout, monkey
     from sjc_plugins.fields.hashgrid import HashGridField, HashGridOptions
 
     if layout == "dense":
-        monkeypatch.setattr("sjc_core.render.compact_samples", lambda device: False)
+        monkeypatch.setattr("sjc_core.render.samples.compact_samples", lambda device: False)
     options = HashGridOptions(grid_size=20, levels=4, log2_table_size=10, max_resolution=32, backend="torch")
     grads = []
     for fused in (True, False):

@@ -5,31 +5,31 @@ from __future__ import annotations
 import os
 import stat
 
-from sjc_core.artifacts import write_text
+from sjc_core.files.atomic import write_text
 
 
 def test_atomic_writes_get_the_umask_permissions_not_owner_only(tmp_path):
     mask = os.umask(0o027)
     try:
-        from sjc_core import artifacts
+        from sjc_core.files import atomic
 
-        artifacts._umask.cache_clear()
+        atomic._umask.cache_clear()
         path = write_text(tmp_path / "recipe.toml", "a = 1\n")
         assert stat.S_IMODE(path.stat().st_mode) == 0o640
         assert path.read_text() == "a = 1\n"
         assert [p.name for p in tmp_path.iterdir()] == ["recipe.toml"]  # no temporary left
     finally:
         os.umask(mask)
-        artifacts._umask.cache_clear()
+        atomic._umask.cache_clear()
 
 
 def test_temporaries_are_recognisable_and_never_left_behind(tmp_path):
     import pytest
 
-    from sjc_core import artifacts
+    from sjc_core.files import atomic
 
     target = tmp_path / "checkpoints" / "last.safetensors"
-    with artifacts.atomic_path(target) as tmp:
+    with atomic.atomic_path(target) as tmp:
         # the target's own name (extension-sniffing writers), in a recognisable private folder
         assert tmp.name == "last.safetensors" and tmp.parent.name.startswith(".sjc-tmp.last.")
         assert tmp.parent.parent == target.parent
@@ -38,7 +38,7 @@ def test_temporaries_are_recognisable_and_never_left_behind(tmp_path):
     assert target.read_bytes() == b"new"
     assert sorted(p.name for p in target.parent.iterdir()) == ["last.safetensors"]
 
-    with pytest.raises(RuntimeError), artifacts.atomic_path(target) as tmp:
+    with pytest.raises(RuntimeError), atomic.atomic_path(target) as tmp:
         tmp.write_bytes(b"half")
         raise RuntimeError("killed mid-write")
     assert target.read_bytes() == b"new" and sorted(p.name for p in target.parent.iterdir()) == ["last.safetensors"]
@@ -49,24 +49,24 @@ def test_temporaries_are_recognisable_and_never_left_behind(tmp_path):
     (killed / "last.safetensors").write_bytes(b"x" * 5)
     (killed / ".tmpABC123").write_bytes(b"x" * 7)
     (tmp_path / ".hidden-but-mine").write_bytes(b"keep")
-    assert artifacts.remove_stale_temps(tmp_path) == (2, 22)
+    assert atomic.remove_stale_temps(tmp_path) == (2, 22)
     assert sorted(p.name for p in tmp_path.rglob("*")) == [".hidden-but-mine", "checkpoints", "last.safetensors"]
 
 
 def test_write_errors_are_one_line_naming_the_file(tmp_path):
     import pytest
 
-    from sjc_core import artifacts
+    from sjc_core.files import atomic
 
     a_file = tmp_path / "views"
     a_file.write_text("not a folder")
-    with pytest.raises(artifacts.WriteError) as error:
+    with pytest.raises(atomic.WriteError) as error:
         write_text(a_file / "step_000002.png", "x")
     assert str(error.value) == f"{a_file / 'step_000002.png'}: cannot write (Not a directory: {a_file} is a file)"
 
     folder = tmp_path / "status.json"
     folder.mkdir()
-    with pytest.raises(artifacts.WriteError, match=r"status.json: cannot write \(Is a directory\)"):
+    with pytest.raises(atomic.WriteError, match=r"status.json: cannot write \(Is a directory\)"):
         write_text(folder, "{}")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["status.json", "views"]  # no temporary left
 
@@ -80,7 +80,7 @@ def test_append_keeps_whole_lines_when_the_disk_is_full(tmp_path):
         "import resource, signal, sys\n"
         "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
         "resource.setrlimit(resource.RLIMIT_FSIZE, (100, 100))\n"
-        "from sjc_core.artifacts import WriteError, append_jsonl\n"
+        "from sjc_core.files.atomic import WriteError, append_jsonl\n"
         "append_jsonl(sys.argv[1], {'step': 1, 'pad': 'x' * 40})\n"
         "try:\n"
         "    append_jsonl(sys.argv[1], {'step': 2, 'pad': 'y' * 40})\n"
@@ -100,14 +100,14 @@ def test_depth_panel_spans_the_object_not_the_background():
     import pytest
     import torch
 
-    from sjc_core import artifacts
-    from sjc_core.turntable import object_depth_range
+    from sjc_core.files import pictures
+    from sjc_core.runs.turntable import object_depth_range
 
     depth = torch.full((8, 8), 10.0)  # background
     depth[2:6, 2:6] = torch.linspace(1.4, 1.6, 16).reshape(4, 4)  # the object
     near, far = object_depth_range(depth)
     assert (near, far) == pytest.approx((1.4, 1.6))
-    picture = artifacts.depth_to_rgb(depth, near, far)[..., 0].astype(int)
+    picture = pictures.depth_to_rgb(depth, near, far)[..., 0].astype(int)
     assert picture[2, 2] >= 250 and picture[5, 5] <= 5  # the object's own range spans the grey scale
     assert picture[0, 0] == 0  # background beyond the object: dark
     assert object_depth_range(torch.full((4, 4), 10.0)) == (None, None)  # nothing near: global scaling
@@ -118,8 +118,8 @@ def test_depth_panel_recovers_the_surface_depth_of_half_transparent_pixels():
     half-opaque pixel at the object's near end is as bright as an opaque one there."""
     import torch
 
-    from sjc_core.render import BACKGROUND_DEPTH
-    from sjc_core.turntable import depth_panel
+    from sjc_core.render.composite import BACKGROUND_DEPTH
+    from sjc_core.runs.turntable import depth_panel
 
     surface = torch.full((8, 8), 2.0)
     surface[:, 4:] = 3.0  # right half farther

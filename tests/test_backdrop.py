@@ -11,14 +11,14 @@ import numpy as np
 import pytest
 import torch
 
-from sjc_core.artifacts import write_image
-from sjc_core.cameras import eye_on_sphere, look_at
 from sjc_core.commands.common import registry
 from sjc_core.contracts import BuildContext
-from sjc_core.datasets import write_transforms
 from sjc_core.errors import SjcError
-from sjc_core.recipe import load_recipe
-from sjc_core.trainer import Trainer, build_components
+from sjc_core.files.pictures import write_image
+from sjc_core.fit.transforms import write_transforms
+from sjc_core.recipes.recipe import load_recipe
+from sjc_core.render.cameras import eye_on_sphere, look_at
+from sjc_core.training.trainer import Trainer, build_components
 from sjc_plugins.priors.empirical import plain_background
 
 WHITE, DARK = (1.0, 1.0, 1.0), (0.05, 0.05, 0.06)
@@ -128,8 +128,8 @@ def recipe_for(tmp_path: Path, images: Path, *overrides: str):
 def border_error(tmp_path: Path, *overrides: str, steps: int = 150) -> float:
     """Train on a white-backdrop posed set (through the registry, as `sjc run` builds it);
     mean absolute error of the rendered picture's border pixels at a data camera."""
-    from sjc_core.cameras import intrinsics
-    from sjc_core.render import render_view
+    from sjc_core.render.cameras import intrinsics
+    from sjc_core.render.view import render_view
 
     folder = posed_set(tmp_path / "set", WHITE)
     # lr pinned: the test is about where the background starts, not about the demo's tuning

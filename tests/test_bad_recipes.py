@@ -24,12 +24,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import REPO, sjc_env, write_sample_images
 from pydantic import BaseModel
 
+from conftest import REPO, sjc_env, write_sample_images
 from sjc_core.errors import SjcError
 from sjc_core.plugins import load_registry
-from sjc_core.recipe import CameraConfig, PaasConfig, RecipeModel, check_ready, validate_recipe
+from sjc_core.recipes.model import CameraConfig, PaasConfig, RecipeModel
+from sjc_core.recipes.preflight import check_ready
+from sjc_core.recipes.recipe import validate_recipe
 
 SOURCE = "bad.toml"
 HUGE_TEXT = "x" * 1_000_000

@@ -19,11 +19,12 @@ import pytest
 import torch
 
 from conftest import interrupt_after_logged_steps, run_sjc_command, sjc_env, write_sample_images
-from sjc_core import batch, engine
-from sjc_core.artifacts import read_video_frames
-from sjc_core.checkpoint import load_checkpoint
+from sjc_core.batch import plan, runner
+from sjc_core.files.pictures import read_video_frames
 from sjc_core.plugins import load_registry
-from sjc_core.recipe import load_recipe
+from sjc_core.recipes.recipe import load_recipe
+from sjc_core.runs import engine
+from sjc_core.runs.checkpoint import load_checkpoint
 
 CHROMIUM = Path("/usr/bin/chromium")
 RUN_FILES = ("recipe.toml", "metrics.jsonl", "status.json", "checkpoints/last.safetensors", "final/turntable.mp4",
@@ -74,25 +75,25 @@ def check_finished_folder(run_dir: Path, seed: int) -> None:
 
 
 def test_seed_and_sweep_syntax() -> None:
-    assert batch.parse_seeds("0,1,2") == [0, 1, 2]
-    assert batch.parse_seeds("0-3,8,2") == [0, 1, 2, 3, 8]
+    assert plan.parse_seeds("0,1,2") == [0, 1, 2]
+    assert plan.parse_seeds("0-3,8,2") == [0, 1, 2, 3, 8]
     for bad in ("", "a", "3-1", "-1", "1,,2"):
-        with pytest.raises(batch.SjcError, match="--seeds"):
-            batch.parse_seeds(bad)
-    assert batch.split_values('[30,60],[40,70]') == ["[30,60]", "[40,70]"]
-    assert batch.split_values('"a, b",c') == ['"a, b"', "c"]
-    combos = batch.parse_sweeps(["lr=0.05,0.1", "camera.fov_range=[30,60],[40,70]"])
+        with pytest.raises(runner.SjcError, match="--seeds"):
+            plan.parse_seeds(bad)
+    assert plan.split_values('[30,60],[40,70]') == ["[30,60]", "[40,70]"]
+    assert plan.split_values('"a, b",c') == ['"a, b"', "c"]
+    combos = plan.parse_sweeps(["lr=0.05,0.1", "camera.fov_range=[30,60],[40,70]"])
     assert len(combos) == 4 and ["lr=0.1", "camera.fov_range=[40,70]"] in combos
-    with pytest.raises(batch.SjcError, match="use --seeds"):
-        batch.parse_sweeps(["seed=1,2"])
-    with pytest.raises(batch.SjcError, match="given twice"):
-        batch.parse_sweeps(["lr=1", "lr=2"])
+    with pytest.raises(runner.SjcError, match="use --seeds"):
+        plan.parse_sweeps(["seed=1,2"])
+    with pytest.raises(runner.SjcError, match="given twice"):
+        plan.parse_sweeps(["lr=1", "lr=2"])
     # Folder names: stable, independent of spelling and order, distinct for distinct overrides.
-    assert batch.run_key("burger", 2, []) == "burger-seed2"
-    a = batch.run_key("burger", 2, ["lr = 0.1", "steps=5"])
-    assert a == batch.run_key("burger", 2, ["steps=5", "lr=0.1"]) and a.startswith("burger-seed2-")
-    assert a != batch.run_key("burger", 2, ["lr=0.2", "steps=5"])
-    assert batch.run_key("a/b c", 0, []) == "a_b_c-seed0"
+    assert plan.run_key("burger", 2, []) == "burger-seed2"
+    a = plan.run_key("burger", 2, ["lr = 0.1", "steps=5"])
+    assert a == plan.run_key("burger", 2, ["steps=5", "lr=0.1"]) and a.startswith("burger-seed2-")
+    assert a != plan.run_key("burger", 2, ["lr=0.2", "steps=5"])
+    assert plan.run_key("a/b c", 0, []) == "a_b_c-seed0"
 
 
 def test_dry_run_plans_recipes_seeds_and_sweeps(recipes: Path) -> None:
@@ -111,7 +112,7 @@ def test_dry_run_plans_recipes_seeds_and_sweeps(recipes: Path) -> None:
     assert {Path(f).name.rsplit("-", 1)[0] for f in folders} == {"good-seed0", "good-seed1"}
     assert not out.exists(), "a dry run writes nothing"
     # The same batch planned again (spelled differently) maps to the same folders.
-    again = batch.plan(["good.toml"], load_registry(), out.resolve(), seeds=[1, 0], sets=["steps = 3"],
+    again = plan.plan(["good.toml"], load_registry(), out.resolve(), seeds=[1, 0], sets=["steps = 3"],
                        sweeps=["lr=0.1,0.05"])
     assert {str(out.resolve() / job.key) for job in again} == folders
 
@@ -120,8 +121,8 @@ def test_dry_run_plans_recipes_seeds_and_sweeps(recipes: Path) -> None:
     code, _, stderr = run_sjc_command("batch", "good.toml", "twin.toml", "--out", out, cwd=recipes)
     assert code == 2 and "different `name`s" in stderr and "Traceback" not in stderr
     assert len(stderr.strip().splitlines()) == 1
-    with pytest.raises(batch.SjcError, match="use --out"):
-        batch.plan(["good.toml"], load_registry(), out, sets=["output=x"])
+    with pytest.raises(runner.SjcError, match="use --out"):
+        plan.plan(["good.toml"], load_registry(), out, sets=["output=x"])
 
 
 # ----------------------------------------------------------------------------- in-process
@@ -222,7 +223,7 @@ def test_interrupted_batch_resumes_from_checkpoints(recipes: Path) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not batch.ray_available(), reason="Ray is not installed (pip install -e '.[ray]')")
+@pytest.mark.skipif(not runner.ray_available(), reason="Ray is not installed (pip install -e '.[ray]')")
 def test_ray_batch_on_a_local_instance(recipes: Path) -> None:
     out = recipes / "out"
     write_recipe(recipes, "other", seed=7)
@@ -239,7 +240,7 @@ def test_ray_batch_on_a_local_instance(recipes: Path) -> None:
     for run in runs:
         name, seed = run["recipe"].removesuffix(".toml"), run["seed"]
         assert seed == {"good": 3, "other": 7, "bad": 3}[name]  # each recipe's own seed
-        assert run["key"] == batch.run_key(name, seed, ["lr=0.1"]) and run["key"] != f"{name}-seed{seed}"
+        assert run["key"] == plan.run_key(name, seed, ["lr=0.1"]) and run["key"] != f"{name}-seed{seed}"
         if name == "bad":
             assert run["state"] == "failed" and "missing-images: no such folder" in run["error"]
             assert not (out / run["key"]).exists()
@@ -262,7 +263,7 @@ def test_ray_batch_on_a_local_instance(recipes: Path) -> None:
 
 
 def test_gallery_escapes_text_and_links_relatively(tmp_path: Path) -> None:
-    from sjc_core import gallery
+    from sjc_core.batch import gallery
 
     (tmp_path / "x-seed0" / "final").mkdir(parents=True)
     for name in ("last_view.png", "turntable_strip.png", "turntable.mp4"):
@@ -349,31 +350,31 @@ def test_plan_refuses_overrides_that_break_a_valid_recipe(recipes: Path, monkeyp
     monkeypatch.chdir(recipes)
     registry = load_registry()
     out = (recipes / "out").resolve()
-    with pytest.raises(batch.SjcError) as caught:
-        batch.plan(["good.toml"], registry, out, sweeps=["camera.test_frames=4,100000"])
+    with pytest.raises(runner.SjcError) as caught:
+        plan.plan(["good.toml"], registry, out, sweeps=["camera.test_frames=4,100000"])
     (line,) = caught.value.problems
     assert line.startswith("good.toml: camera.test_frames: Input should be less than or equal to 10000")
     assert line.endswith("(got '100000') (with --sweep camera.test_frames=100000)")
-    with pytest.raises(batch.SjcError, match=r"--set losses.3: the recipe has 1 entries there \(in good.toml\)"):
-        batch.plan(["good.toml"], registry, out, sets=["losses.3.weight=1"])
+    with pytest.raises(runner.SjcError, match=r"--set losses.3: the recipe has 1 entries there \(in good.toml\)"):
+        plan.plan(["good.toml"], registry, out, sets=["losses.3.weight=1"])
     # A recipe that is broken on its own is still that recipe's failed run; the others plan.
-    jobs = batch.plan(["good.toml", "bad.toml"], registry, out, sets=["lr=0.1"])
+    jobs = plan.plan(["good.toml", "bad.toml"], registry, out, sets=["lr=0.1"])
     errors = {job.recipe: job.error for job in jobs}
     assert errors["good.toml"] is None and "missing-images: no such folder" in errors["bad.toml"]
     # A megabyte of override is echoed as a cut.
-    with pytest.raises(batch.SjcError) as caught:
-        batch.plan(["good.toml"], registry, out, sets=["device=" + "d" * 1_000_000])
+    with pytest.raises(runner.SjcError) as caught:
+        plan.plan(["good.toml"], registry, out, sets=["device=" + "d" * 1_000_000])
     assert len(caught.value.problems) == 1 and len(caught.value.problems[0]) < 300
 
 
 def test_seeds_and_sweeps_are_bounded() -> None:
-    with pytest.raises(batch.SjcError, match="more than 10,000 seeds"):
-        batch.parse_seeds("0-99999999999")
-    with pytest.raises(batch.SjcError, match=r"at most 2\*\*63 - 1"):
-        batch.parse_seeds("18446744073709551616")
-    with pytest.raises(batch.SjcError, match="more than 10,000 combinations"):
-        batch.parse_sweeps(["lr=" + ",".join(["0.1"] * 101), "steps=" + ",".join(["1"] * 101)])
-    assert len(batch.run_key("n" * 5000, 0, [])) < 120
+    with pytest.raises(runner.SjcError, match="more than 10,000 seeds"):
+        plan.parse_seeds("0-99999999999")
+    with pytest.raises(runner.SjcError, match=r"at most 2\*\*63 - 1"):
+        plan.parse_seeds("18446744073709551616")
+    with pytest.raises(runner.SjcError, match="more than 10,000 combinations"):
+        plan.parse_sweeps(["lr=" + ",".join(["0.1"] * 101), "steps=" + ",".join(["1"] * 101)])
+    assert len(plan.run_key("n" * 5000, 0, [])) < 120
 
 
 def test_the_batch_core_does_not_import_the_commands() -> None:

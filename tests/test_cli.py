@@ -9,11 +9,11 @@ import tomllib
 from pathlib import Path
 
 import pytest
-from conftest import REPO, sjc_env
 
+from conftest import REPO, sjc_env
 from sjc_core.plugins import load_registry
-from sjc_core.recipe import load_recipe
-from sjc_core.toml_out import dumps
+from sjc_core.recipes.recipe import load_recipe
+from sjc_core.recipes.toml_out import dumps
 
 RECIPES = sorted((REPO / "recipes").glob("*.toml"))
 

@@ -12,16 +12,11 @@ import imageio.v3 as iio
 import numpy as np
 import pytest
 
-from sjc_core.cameras import look_at
-from sjc_core.datasets import (
-    Z_UP_TO_Y_UP,
-    camera_directions,
-    cameras_missing_box,
-    load_posed_images,
-    look_at_point,
-    write_transforms,
-)
 from sjc_core.errors import SjcError
+from sjc_core.fit.datasets import load_posed_images
+from sjc_core.fit.poses import Z_UP_TO_Y_UP, camera_directions, cameras_missing_box, look_at_point
+from sjc_core.fit.transforms import write_transforms
+from sjc_core.render.cameras import look_at
 
 
 def _picture(height: int, width: int, channels: int = 3, seed: int = 0) -> np.ndarray:

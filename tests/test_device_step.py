@@ -16,9 +16,9 @@ import pytest
 import torch
 
 from host_guard import forbid_host_sync
-from sjc_core import engine
 from sjc_core.plugins import load_registry
-from sjc_core.recipe import load_recipe
+from sjc_core.recipes.recipe import load_recipe
+from sjc_core.runs import engine
 from test_engine import make_images
 
 # Host-side helpers that read *host* tensors (built by the trainer from numpy poses), which
@@ -29,7 +29,7 @@ HOST_INPUT_HELPERS = ("sjc_plugins.priors.empirical._as_numpy",)
 @pytest.fixture
 def device_path(monkeypatch):
     """The GPU code path, on the CPU: dense sample layout, no compiled kernels."""
-    monkeypatch.setattr("sjc_core.render.compact_samples", lambda device: False)
+    monkeypatch.setattr("sjc_core.render.samples.compact_samples", lambda device: False)
     monkeypatch.setenv("SJC_NATIVE", "0")
 
 

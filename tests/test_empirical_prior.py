@@ -14,14 +14,13 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from sjc_core.artifacts import write_image
-from sjc_core.cameras import eye_on_sphere, look_at, view_label
 from sjc_core.contracts import BuildContext, View
-from sjc_core.datasets import write_transforms
 from sjc_core.errors import SjcError
+from sjc_core.files.pictures import write_image
+from sjc_core.fit.transforms import write_transforms
 from sjc_core.plugins import load_registry
-from sjc_core.recipe import validate_recipe
-from sjc_core.cameras import camera_angles
+from sjc_core.recipes.recipe import validate_recipe
+from sjc_core.render.cameras import camera_angles, eye_on_sphere, look_at, view_label
 from sjc_plugins.priors.empirical import EmpiricalPrior
 
 GEN = torch.Generator().manual_seed(0)

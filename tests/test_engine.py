@@ -12,11 +12,11 @@ import pytest
 import torch
 
 from conftest import interrupt_after_logged_steps
-from sjc_core import engine
-from sjc_core.artifacts import read_video_frames, write_image
-from sjc_core.checkpoint import load_checkpoint
+from sjc_core.files.pictures import read_video_frames, write_image
 from sjc_core.plugins import load_registry
-from sjc_core.recipe import load_recipe
+from sjc_core.recipes.recipe import load_recipe
+from sjc_core.runs import engine
+from sjc_core.runs.checkpoint import load_checkpoint
 
 STEPS = 6
 

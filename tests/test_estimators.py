@@ -15,19 +15,26 @@ import math
 import numpy as np
 import pytest
 import torch
+from test_device_step import FIELDS, HOST_INPUT_HELPERS, device_path, empirical_prior, sd_prior, write_recipe  # noqa: F401
 
 from host_guard import forbid_host_sync
-from sjc_core import engine
-from sjc_core.estimation import Estimator, sds_weight
-from sjc_core.paas import PaasEstimator, default_sigma_range, geometric_ladder, paas_gradient, sigma_schedule
 from sjc_core.plugins import load_registry
-from sjc_core.recipe import PaasConfig, load_recipe
-from sjc_core.run_folder import RunFolder, _restore, _save
+from sjc_core.recipes.model import PaasConfig
+from sjc_core.recipes.recipe import load_recipe
+from sjc_core.runs import engine
+from sjc_core.runs.folder import RunFolder, _restore, _save
+from sjc_core.training.estimation import Estimator, sds_weight
+from sjc_core.training.paas import (
+    PaasEstimator,
+    default_sigma_range,
+    geometric_ladder,
+    paas_gradient,
+    sigma_schedule,
+)
 from sjc_plugins.estimators.ism import IsmEstimator
 from sjc_plugins.estimators.ism_options import IsmOptions
 from sjc_plugins.estimators.sds import SdsEstimator
 from sjc_plugins.estimators.sds_options import SdsOptions
-from test_device_step import FIELDS, HOST_INPUT_HELPERS, device_path, empirical_prior, sd_prior, write_recipe  # noqa: F401
 
 STD = 0.4
 MEANS = {None: 0.3, "front": -0.2}  # the unconditional mean, and the mean for the view "front"

@@ -17,11 +17,12 @@ import pytest
 import torch
 
 from conftest import run_sjc_command
-from sjc_core import sampling
 from sjc_core.errors import SjcError
-from sjc_core.paas import PaasEstimator
 from sjc_core.plugins import load_registry
-from sjc_core.recipe import PaasConfig, validate_recipe
+from sjc_core.recipes.model import PaasConfig
+from sjc_core.recipes.recipe import validate_recipe
+from sjc_core.sampling import noise, samplers
+from sjc_core.training.paas import PaasEstimator
 from test_engine import make_images
 
 
@@ -86,7 +87,7 @@ def test_paas_is_known_when_plugins_are_restricted(images: Path, registry) -> No
     only = Registry(entries={k: v for k, v in registry.entries.items() if k[0] != "estimators"})
     for raw in ({**base(images), "paas": {"n_noise": 2}}, {**base(images), "estimator": {"name": "paas"}}):
         recipe = validate_recipe(raw, only, base_dir=Path.cwd())
-        assert recipe.estimator.info.name == "paas" and recipe.estimator.info.module == "sjc_core.paas"
+        assert recipe.estimator.info.name == "paas" and recipe.estimator.info.module == "sjc_core.training.paas"
     assert problems({**base(images), "estimator": {"name": "sds"}}, only) == [
         "r.toml: estimator.name: unknown estimator 'sds' (known: paas)"
     ]
@@ -173,9 +174,9 @@ def test_paas_through_estimator_ascent_is_paas_ascent(images: Path, registry) ->
     sigmas = estimator.schedule(prior, 30, np.random.default_rng([0, 1]))
     start = torch.zeros(3, 3, 16, 16)
     cond = prior.condition(None)
-    ours = sampling.estimator_ascent(estimator, prior, start, sigmas, cond, generator=sampling.generators_for(0, 3))
-    old = sampling.paas_ascent(
-        lambda x, s: prior.denoise(x, s, cond), start, sigmas, n_noise=2, generator=sampling.generators_for(0, 3)
+    ours = samplers.estimator_ascent(estimator, prior, start, sigmas, cond, generator=noise.generators_for(0, 3))
+    old = samplers.paas_ascent(
+        lambda x, s: prior.denoise(x, s, cond), start, sigmas, n_noise=2, generator=noise.generators_for(0, 3)
     )
     assert torch.equal(ours, old)
 
@@ -223,7 +224,7 @@ def test_sjc_sample_from_a_paas_recipe_with_another_method(tmp_path: Path, image
 def test_set_estimator_name_switches_a_shipped_recipe(registry) -> None:  # type: ignore[no-untyped-def]
     """`--set estimator.name=NAME` on a recipe with a legacy [paas] table: NAME from its
     defaults, then later `--set estimator.*` apply; naming paas keeps the [paas] options."""
-    from sjc_core.recipe import load_recipe
+    from sjc_core.recipes.recipe import load_recipe
 
     chair = Path(__file__).resolve().parents[1] / "recipes" / "chair.toml"
     sds = load_recipe(chair, registry, overrides=["estimator.name=sds", 'estimator.weighting="uniform"'])

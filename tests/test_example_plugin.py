@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from conftest import REPO, pip_install, run_sjc_command, sjc_env
 
 EXAMPLE = REPO / "examples" / "sjc-example-prior"
@@ -255,8 +256,8 @@ def test_prior_contract(example) -> None:
 
 def test_noise_free_estimator_is_the_mean_of_paas_on_the_gaussian(example) -> None:
     """(D(y) - y) / sigma in closed form, and PAAS's average over many noises converges to it."""
-    from sjc_core.paas import PaasEstimator
-    from sjc_core.recipe import PaasConfig
+    from sjc_core.recipes.model import PaasConfig
+    from sjc_core.training.paas import PaasEstimator
 
     prior = make_prior(example, mean=(0.2, 0.5, 0.9), std=0.4, resolution=4)
     estimator = example.build_noise_free(example.NoiseFreeOptions(sigma_min=0.5, sigma_max=4.0), None)

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sjc_core.datasets import load_posed_images
+from sjc_core.fit.datasets import load_posed_images
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -68,7 +68,7 @@ def test_snowman_has_a_front():
 
     (From behind, a pixel or two where the red hat meets its yellow band can look orange.)
     """
-    from sjc_core.cameras import look_at
+    from sjc_core.render.cameras import look_at
 
     demo = _demo_module()
     spec = demo.DemoSpec(size=32, subpixel=1, step_size=0.01)
@@ -125,7 +125,7 @@ def test_fit_beats_mean_colour_by_far(small_scene, tmp_path):
 def test_checkpoint_restores_the_field(small_scene, tmp_path):
     import torch
 
-    from sjc_core.checkpoint import load_checkpoint
+    from sjc_core.runs.checkpoint import load_checkpoint
 
     out = tmp_path / "fit"
     result = _sjc(
@@ -210,7 +210,7 @@ def test_an_earlier_fit_is_kept_unless_overwrite(small_scene, tmp_path, monkeypa
 
 
 def test_fit_refuses_other_folders_files_and_busy_folders(small_scene, tmp_path, monkeypatch, capsys):
-    from sjc_core import artifacts
+    from sjc_core.files import locks
 
     def one_error(err: str) -> str:
         lines = [line for line in err.splitlines() if line.startswith("error:")]
@@ -234,7 +234,7 @@ def test_fit_refuses_other_folders_files_and_busy_folders(small_scene, tmp_path,
 
     busy = tmp_path / "busy"
     busy.mkdir()
-    with artifacts.folder_lock(busy, "sjc fit"):
+    with locks.folder_lock(busy, "sjc fit"):
         code, _, err = _tiny_fit(monkeypatch, capsys, small_scene, busy)
     assert code == 2 and f"{busy}: in use by another sjc process (pid {os.getpid()}, sjc fit)" in one_error(err)
     code, _, err = _tiny_fit(monkeypatch, capsys, small_scene, busy)  # free again

@@ -310,7 +310,8 @@ def test_auto_on_cuda_builds_tinycudann_encoding_with_same_sizes(monkeypatch):
 
 
 def _bundle(field, rays: int = 64, seed: int = 0):
-    from sjc_core.render import box_intersect, make_bundle
+    from sjc_core.render.samples import make_bundle
+    from sjc_core.render.spans import box_intersect
 
     gen = torch.Generator().manual_seed(seed)
     ro = torch.nn.functional.normalize(torch.randn(rays, 3, generator=gen), dim=-1) * 1.5
@@ -320,7 +321,7 @@ def _bundle(field, rays: int = 64, seed: int = 0):
 
 
 def test_fused_foreground_equals_generic_path(monkeypatch):
-    from sjc_core import render
+    from sjc_core.render import composite
 
     monkeypatch.setattr(hg, "SAMPLE_CHUNK", 1000)  # several chunks, so their seams are exercised
     field = make_field(grid_size=32, levels=4, log2_table_size=10, max_resolution=64, channels=3, value_range=(-1.0, 1.0))
@@ -330,7 +331,7 @@ def test_fused_foreground_equals_generic_path(monkeypatch):
     bundle = _bundle(field)
     assert bundle.total > 3000
     grads = []
-    for fn in (field.render_foreground, lambda b: render._generic_foreground(field, b)):
+    for fn in (field.render_foreground, lambda b: composite.generic_foreground(field, b)):
         field.zero_grad(set_to_none=True)
         rgb, w = fn(bundle)
         (rgb.square().sum() + w.sum()).backward()
@@ -345,7 +346,7 @@ def test_fused_foreground_equals_generic_path(monkeypatch):
 
 
 def test_rays_that_miss_the_box_show_background_only():
-    from sjc_core.render import render_rays
+    from sjc_core.render.view import render_rays
 
     field = make_field(channels=3)
     ro = torch.tensor([[0.0, 5.0, 0.0]] * 3)
@@ -426,7 +427,8 @@ def test_fit_psnr_close_to_voxel_field(tmp_path, one_thread):
     """The same photometric fit (snowman, 16 views at 32x32, 40 Adam steps of 1024 rays,
     grid_size 32 for both) with each field: the hash grid must come within FIT_MARGIN_DB
     of the voxel field's held-out PSNR (it was about 2 dB above it when written)."""
-    from sjc_core.fit import FitSettings, fit_posed_images
+    from sjc_core.fit.fitting import fit_posed_images
+    from sjc_core.fit.settings import FitSettings
 
     demo = _demo_module()
     scene = tmp_path / "snowman"
@@ -480,8 +482,8 @@ def test_short_sjc_run_with_hashgrid(tmp_path, sample_images, run_sjc):
     """The voxel recipe above, switched to the hash grid by one override of the field's name."""
     import json
 
-    from sjc_core.checkpoint import load_checkpoint
-    from sjc_core.recipe import load_recipe
+    from sjc_core.recipes.recipe import load_recipe
+    from sjc_core.runs.checkpoint import load_checkpoint
 
     recipe = tmp_path / "tiny.toml"
     recipe.write_text(RUN_RECIPE.format(output=(tmp_path / "runs").as_posix(), images=sample_images.as_posix()))

@@ -9,13 +9,14 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from sjc_core import engine
-from sjc_core.artifacts import read_video_frames
 from sjc_core.cli import build_app
-from sjc_core.cameras import intrinsics, spiral_path
-from sjc_core.hd_render import DEPTH_VIDEO, IMAGE_VIDEO, hd_poses
+from sjc_core.files.pictures import read_video_frames
 from sjc_core.plugins import load_registry
-from sjc_core.recipe import CameraConfig, load_recipe
+from sjc_core.recipes.model import CameraConfig
+from sjc_core.recipes.recipe import load_recipe
+from sjc_core.render.cameras import intrinsics, spiral_path
+from sjc_core.render.hd import DEPTH_VIDEO, IMAGE_VIDEO, hd_poses
+from sjc_core.runs import engine
 
 try:
     from tiny_models import SD_LATENT_SIZE, build_sd_folder

@@ -40,7 +40,8 @@ def heavy_modules_after(body: str) -> list[str]:
             "validate",
             "from pathlib import Path\n"
             "from sjc_core.plugins import load_registry\n"
-            "from sjc_core.recipe import check_ready, load_recipe\n"
+            "from sjc_core.recipes.preflight import check_ready\n"
+            "from sjc_core.recipes.recipe import load_recipe\n"
             "for name in ('demo', 'rose', 'chair', 'ffhq'):\n"
             "    check_ready(load_recipe(Path('recipes') / f'{name}.toml', load_registry()))",
         ),

@@ -11,7 +11,7 @@ import torch
 from sjc_core.contracts import BuildContext, RenderOutput
 from sjc_core.errors import SjcError
 from sjc_core.plugins import load_registry
-from sjc_core.recipe import validate_recipe
+from sjc_core.recipes.recipe import validate_recipe
 from sjc_plugins.losses.center_depth import center_mask
 
 

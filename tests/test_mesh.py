@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import math
 import re
-import json
 import subprocess
 import sys
 from pathlib import Path
@@ -14,9 +14,10 @@ import pytest
 import torch
 import trimesh  # the `mesh` extra, part of the `test` extra
 
-from sjc_core import mesh
 from analytic_ball import ball_renderer
 from sjc_core.errors import SjcError
+from sjc_core.mesh import colors as mesh_colors
+from sjc_core.mesh import export, extract
 
 RADIUS = 0.5
 SPHERE_VOLUME = 4.0 / 3.0 * math.pi * RADIUS**3
@@ -50,8 +51,8 @@ class AnalyticField(torch.nn.Module):
 
 def test_sampled_sphere_is_watertight_with_the_analytic_volume_and_area() -> None:
     field = AnalyticField([((0.0, 0.0, 0.0), RADIUS)])
-    result = mesh.extract_mesh(field, threshold=10.0, resolution=64)
-    tm = mesh.to_trimesh(result)
+    result = extract.extract_mesh(field, threshold=10.0, resolution=64)
+    tm = extract.to_trimesh(result)
     assert tm.is_watertight and tm.is_winding_consistent
     assert tm.volume > 0  # faces wind counter-clockwise seen from outside
     print(f"sampled sphere: volume error {tm.volume / SPHERE_VOLUME - 1:+.4f}, area error {tm.area / SPHERE_AREA - 1:+.4f}")
@@ -65,7 +66,7 @@ def test_sampled_sphere_is_watertight_with_the_analytic_volume_and_area() -> Non
 def test_surface_touching_the_box_is_closed() -> None:
     """A sphere poking out of the box is cut by its walls; the padding closes the cut."""
     field = AnalyticField([((0.0, 0.0, 0.8), RADIUS)])
-    tm = mesh.to_trimesh(mesh.extract_mesh(field, threshold=10.0, resolution=48))
+    tm = extract.to_trimesh(extract.extract_mesh(field, threshold=10.0, resolution=48))
     assert tm.is_watertight
     assert tm.bounds[1, 2] == pytest.approx(1.0)  # flat on the wall, not beyond it
     cap = math.pi * 0.3**2 * (3 * RADIUS - 0.3) / 3  # the part of the ball above z = 1
@@ -88,11 +89,11 @@ class HardBall(torch.nn.Module):
 def test_auto_threshold_puts_the_surface_where_renders_see_it() -> None:
     """Rays through a hard ball turn half opaque at its edge: the automatic level finds it."""
     field = HardBall()
-    level = mesh.surface_threshold(field, mesh.color_views(1.5, 8))
+    level = extract.surface_threshold(field, extract.color_views(1.5, 8))
     assert level is not None and 10 < level < 500
-    result = mesh.extract_mesh(field, resolution=64)
+    result = extract.extract_mesh(field, resolution=64)
     assert result.threshold == pytest.approx(level)
-    tm = mesh.to_trimesh(result)
+    tm = extract.to_trimesh(result)
     assert tm.is_watertight
     radii = np.linalg.norm(result.vertices, axis=1)
     assert abs(radii.mean() - RADIUS) < 2.0 / 64  # within a voxel of the edge
@@ -112,43 +113,43 @@ def test_auto_threshold_keeps_the_thinner_part_of_an_object() -> None:
     """About 40 % of the probe rays turn half opaque on the thin side: a cut at the median
     (~48) would drop that side; the automatic level keeps the whole ball."""
     field = UnevenBall()
-    level = mesh.surface_threshold(field, mesh.color_views(1.5, 8))
+    level = extract.surface_threshold(field, extract.color_views(1.5, 8))
     assert level is not None and level < 20
-    assert mesh.surface_threshold(field, mesh.color_views(1.5, 8), quantile=0.5) > 40  # the median's cut
-    result = mesh.extract_mesh(field, resolution=48)
+    assert extract.surface_threshold(field, extract.color_views(1.5, 8), quantile=0.5) > 40  # the median's cut
+    result = extract.extract_mesh(field, resolution=48)
     thin_side = result.vertices[:, 0] < -0.3
     assert thin_side.any() and abs(np.linalg.norm(result.vertices, axis=1).mean() - RADIUS) < 2.0 / 48
-    assert mesh.to_trimesh(result).is_watertight
-    median_cut = mesh.extract_mesh(field, threshold=48.0, resolution=48)
+    assert extract.to_trimesh(result).is_watertight
+    median_cut = extract.extract_mesh(field, threshold=48.0, resolution=48)
     assert not (median_cut.vertices[:, 0] < -0.3).any()  # the median's mesh lacks that side
 
 
 def test_a_field_no_ray_sees_falls_back_to_half_opaque_per_voxel() -> None:
     field = HardBall(peak=0.01)  # nearly transparent: no ray ends opaque
-    assert mesh.surface_threshold(field, mesh.color_views(1.5, 4), size=16) is None
+    assert extract.surface_threshold(field, extract.color_views(1.5, 4), size=16) is None
     with pytest.raises(SjcError, match=f"threshold: {math.log(2) / 0.02:.4g} does not cut"):
-        mesh.extract_mesh(field, resolution=16)
+        extract.extract_mesh(field, resolution=16)
 
 
 def test_threshold_above_the_density_is_a_user_error() -> None:
     field = AnalyticField([((0.0, 0.0, 0.0), RADIUS)])
     with pytest.raises(SjcError, match="threshold"):
-        mesh.extract_mesh(field, threshold=1e6, resolution=16)
+        extract.extract_mesh(field, threshold=1e6, resolution=16)
 
 
 def test_largest_piece_drops_floaters() -> None:
     field = AnalyticField([((-0.3, 0.0, 0.0), 0.4), ((0.7, 0.6, 0.6), 0.1)])
-    both = mesh.to_trimesh(mesh.extract_mesh(field, threshold=10.0, resolution=48))
+    both = extract.to_trimesh(extract.extract_mesh(field, threshold=10.0, resolution=48))
     assert len(both.split(only_watertight=False)) == 2
-    kept = mesh.to_trimesh(mesh.extract_mesh(field, threshold=10.0, resolution=48, largest_only=True))
+    kept = extract.to_trimesh(extract.extract_mesh(field, threshold=10.0, resolution=48, largest_only=True))
     assert len(kept.split(only_watertight=False)) == 1
     assert abs(kept.volume / (4 / 3 * math.pi * 0.4**3) - 1) < 0.03
 
 
 def test_feature_colors_follow_the_field() -> None:
     field = AnalyticField([((0.0, 0.0, 0.0), RADIUS)])
-    result = mesh.extract_mesh(field, threshold=10.0, resolution=40)
-    colors = mesh.feature_colors(field, result.vertices, result.normals, (-1.0, 1.0), inset=0.01)
+    result = extract.extract_mesh(field, threshold=10.0, resolution=40)
+    colors = mesh_colors.feature_colors(field, result.vertices, result.normals, (-1.0, 1.0), inset=0.01)
     right = result.vertices[:, 0] > 0.05
     left = result.vertices[:, 0] < -0.05
     assert (colors[right] == [255, 0, 0]).all()
@@ -163,13 +164,13 @@ def _sphere_renderer(field: AnalyticField, size: int):
 
 
 def test_view_colors_project_vertices_into_the_right_pixels() -> None:
-    from sjc_core.cameras import intrinsics
+    from sjc_core.render.cameras import intrinsics
 
     field = AnalyticField([((0.0, 0.0, 0.0), RADIUS)])
-    result = mesh.extract_mesh(field, threshold=10.0, resolution=40)
+    result = extract.extract_mesh(field, threshold=10.0, resolution=40)
     size = 48
-    colors = mesh.view_colors(
-        result.vertices, result.normals, _sphere_renderer(field, size), mesh.color_views(1.5, 12),
+    colors = mesh_colors.view_colors(
+        result.vertices, result.normals, _sphere_renderer(field, size), extract.color_views(1.5, 12),
         intrinsics(60.0, size, size), size, tolerance=0.05,
     )
     right = result.vertices[:, 0] > 0.1
@@ -180,10 +181,10 @@ def test_view_colors_project_vertices_into_the_right_pixels() -> None:
 
 def test_progress_reports_each_phase_step_by_step() -> None:
     """``progress(phase, done, total)``: 0 when a phase starts, then every step (mesh.py prints nothing)."""
-    from sjc_core.cameras import intrinsics
+    from sjc_core.render.cameras import intrinsics
 
     calls: list[tuple[str, int, int]] = []
-    result = mesh.extract_mesh(HardBall(), resolution=48, progress=lambda *call: calls.append(call))
+    result = extract.extract_mesh(HardBall(), resolution=48, progress=lambda *call: calls.append(call))
     phases = list(dict.fromkeys(phase for phase, _, _ in calls))
     assert phases == ["sampling", "probe", "marching cubes"]
     for phase in phases:
@@ -191,7 +192,7 @@ def test_progress_reports_each_phase_step_by_step() -> None:
         assert [done for done, _ in steps] == list(range(steps[0][1] + 1))
     assert calls[-1] == ("marching cubes", 1, 1) and ("probe", 8, 8) in calls
     colour_calls: list[tuple[str, int, int]] = []
-    mesh.view_colors(result.vertices, result.normals, _sphere_renderer(None, 16), mesh.color_views(1.5, 3),
+    mesh_colors.view_colors(result.vertices, result.normals, _sphere_renderer(None, 16), extract.color_views(1.5, 3),
                      intrinsics(60.0, 16, 16), 16, tolerance=0.05, progress=lambda *call: colour_calls.append(call))
     assert colour_calls == [("colours", done, 3) for done in range(4)]
 
@@ -199,9 +200,9 @@ def test_progress_reports_each_phase_step_by_step() -> None:
 @pytest.mark.parametrize("fmt", ["ply", "obj", "glb"])
 def test_written_files_load_back_with_colours(tmp_path: Path, fmt: str) -> None:
     field = AnalyticField([((0.0, 0.0, 0.0), RADIUS)])
-    result = mesh.extract_mesh(field, threshold=10.0, resolution=32)
-    result.colors = mesh.feature_colors(field, result.vertices, result.normals, (-1.0, 1.0), inset=0.01)
-    path = mesh.write_mesh(result, tmp_path / f"sphere.{fmt}", fmt)
+    result = extract.extract_mesh(field, threshold=10.0, resolution=32)
+    result.colors = mesh_colors.feature_colors(field, result.vertices, result.normals, (-1.0, 1.0), inset=0.01)
+    path = extract.write_mesh(result, tmp_path / f"sphere.{fmt}", fmt)
     loaded = trimesh.load(path, force="mesh", process=False)
     assert len(loaded.faces) == len(result.faces)
     assert abs(loaded.volume / SPHERE_VOLUME - 1) < 0.03
@@ -230,10 +231,10 @@ def sphere_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
         from conftest import write_sample_images
     except ImportError:  # tests/ imported as a package
         from tests.conftest import write_sample_images
-    from sjc_core import engine
-    from sjc_core.checkpoint import save_checkpoint
     from sjc_core.plugins import load_registry
-    from sjc_core.recipe import load_recipe
+    from sjc_core.recipes.recipe import load_recipe
+    from sjc_core.runs import engine
+    from sjc_core.runs.checkpoint import save_checkpoint
 
     root = tmp_path_factory.mktemp("mesh-run")
     images = write_sample_images(root / "images")
@@ -355,7 +356,7 @@ def test_threshold_help_states_the_rule_the_code_and_readme_follow() -> None:
     assert "ln2/voxel: one voxel" not in help_text  # the old, wrong default
     # the rule the help states is the one extract_mesh follows: eight probe views, then the fallback
     calls: list[tuple[str, int, int]] = []
-    mesh.extract_mesh(HardBall(), resolution=32, progress=lambda *call: calls.append(call))
+    extract.extract_mesh(HardBall(), resolution=32, progress=lambda *call: calls.append(call))
     assert ("probe", 8, 8) in calls
 
 
@@ -364,10 +365,10 @@ def test_mesh_module_does_not_import_the_commands(sphere_run: Path) -> None:
     script = (
         "import sys\n"
         "from pathlib import Path\n"
-        "import sjc_core.mesh\n"
+        "import sjc_core.mesh.export\n"
         "assert not any(m.startswith('sjc_core.commands') for m in sys.modules)\n"
         "phases = []\n"
-        "sjc_core.mesh.export_run_mesh(Path(sys.argv[1]), threshold=10.0, out=Path(sys.argv[2]),\n"
+        "sjc_core.mesh.export.export_run_mesh(Path(sys.argv[1]), threshold=10.0, out=Path(sys.argv[2]),\n"
         "                              progress=lambda phase, done, total: phases.append(phase))\n"
         "loaded = sorted(m for m in sys.modules if m.startswith('sjc_core.commands') or m == 'sjc_core.cli')\n"
         "assert not loaded, loaded\n"
@@ -383,11 +384,11 @@ def test_export_mesh_user_errors(sphere_run: Path, run_sjc, tmp_path: Path) -> N
     code, _, err = run_sjc("export-mesh", str(sphere_run), "--threshold", "1e9")
     assert code == 2 and "threshold" in err and "Traceback" not in err
     with pytest.raises(SjcError, match="--format"):
-        mesh.export_run_mesh(sphere_run, fmt="stl")
+        export.export_run_mesh(sphere_run, fmt="stl")
     with pytest.raises(SjcError, match="does not end in .glb"):
-        mesh.export_run_mesh(sphere_run, fmt="glb", out=tmp_path / "x.ply")
+        export.export_run_mesh(sphere_run, fmt="glb", out=tmp_path / "x.ply")
     with pytest.raises(SjcError, match="not a run folder"):
-        mesh.export_run_mesh(tmp_path)
+        export.export_run_mesh(tmp_path)
 
 
 def test_mesh_threshold_benchmark_on_the_known_ball(sphere_run: Path) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sjc_core.datasets import load_posed_images
+from sjc_core.fit.datasets import load_posed_images
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN, TEST, SIZE = 8, 4, 32
@@ -111,8 +111,8 @@ def test_white_and_dark_backgrounds(suite, suite_module):
 def test_signpost_front_and_back_differ(suite_module):
     import torch
 
-    from sjc_core.cameras import intrinsics, look_at
-    from sjc_core.render import render_view
+    from sjc_core.render.cameras import intrinsics, look_at
+    from sjc_core.render.view import render_view
 
     field = suite_module.ObjectField(suite_module.OBJECTS["signpost"], step_size=0.01)
     k = intrinsics(50.0, SIZE, SIZE)

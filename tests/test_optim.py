@@ -1,4 +1,4 @@
-"""sjc_core.optim.Adamax: torch.optim.Adamax's updates from one compiled pass per tensor."""
+"""sjc_core.training.optim.Adamax: torch.optim.Adamax's updates from one compiled pass per tensor."""
 
 from __future__ import annotations
 
@@ -7,8 +7,9 @@ import copy
 import pytest
 import torch
 
-from sjc_core import native, optim
-from sjc_core.optim import Adamax
+from sjc_core.native import build as native
+from sjc_core.training import optim
+from sjc_core.training.optim import Adamax
 
 SHAPES = [(7, 9, 5), (6, 5, 4, 4), (3,), ()]
 

@@ -11,7 +11,7 @@ import torch
 from scipy import stats
 
 from sjc_core.errors import SjcError
-from sjc_core.paas import (
+from sjc_core.training.paas import (
     default_sigma_range,
     geometric_ladder,
     paas_gradient,
@@ -231,7 +231,7 @@ def test_annealed_schedule_snaps_like_a_full_argmin_and_scales_to_long_runs():
     """The annealed schedule's nearest-tick search (searchsorted) picks what an argmin over
     every (step, tick) distance picks, ties to the lower tick; a million steps needs no
     steps x ladder table."""
-    from sjc_core.paas import sd_ladder, sigma_schedule
+    from sjc_core.training.paas import sd_ladder, sigma_schedule
 
     ladder = sd_ladder().numpy()
     low, high = 0.0983, 12.23

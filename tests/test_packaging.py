@@ -17,6 +17,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
+
 from conftest import REPO, pip_install, run_sjc_command, sjc_env
 
 BUILTIN_ENTRY_POINTS = {"empirical", "voxel", "emptiness", "center_depth"}
@@ -78,7 +79,7 @@ def test_wheel_layout(wheel: Path) -> None:
         for pattern in ("*.py", "*.c"):
             for module in (REPO / folder).rglob(pattern):
                 assert f"{package}/{module.relative_to(REPO / folder).as_posix()}" in names, module
-    assert {"sjc_core/csrc/adamax.c", "sjc_plugins/fields/csrc/voxel_render.c"} <= set(names)
+    assert {"sjc_core/native/csrc/adamax.c", "sjc_plugins/fields/csrc/voxel_render.c"} <= set(names)
 
 
 def test_wheel_entry_points(wheel: Path) -> None:
@@ -136,11 +137,11 @@ def test_builtins_load_from_the_installed_wheel(wheel_venv: Path, tmp_path: Path
 
 def test_native_kernels_build_from_the_installed_wheel(wheel_venv: Path, tmp_path: Path) -> None:
     """The C sources are read from the venv's package data, and build (given a compiler)."""
-    from sjc_core import native
+    from sjc_core.native import build as native
 
     probe = (
         "import json\n"
-        "from sjc_core import optim\n"
+        "from sjc_core.training import optim\n"
         "from sjc_plugins.fields import _voxel_native\n"
         "voxel, reason = _voxel_native.kernel_or_reason()\n"
         "print(json.dumps({'files': [optim.__file__, _voxel_native.__file__],\n"
@@ -154,7 +155,7 @@ def test_native_kernels_build_from_the_installed_wheel(wheel_venv: Path, tmp_pat
     assert all(Path(f).is_relative_to(wheel_venv.parent.parent) for f in payload["files"]), payload["files"]
     # The very text of the repository's .c files: same source, same cache key, same library.
     assert payload["sources"] == [
-        (REPO / "sjc_core/csrc/adamax.c").read_text(encoding="utf-8"),
+        (REPO / "sjc_core/native/csrc/adamax.c").read_text(encoding="utf-8"),
         (REPO / "plugins/fields/csrc/voxel_render.c").read_text(encoding="utf-8"),
     ]
     if native.compiler() is None or sys.platform == "win32":

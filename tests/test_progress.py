@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import re
 
-from sjc_core.progress import Progress, format_seconds
+from sjc_core.runs.progress import Progress, format_seconds
 
 LINE = re.compile(r"^fit \[ *(\d+)/100\] +(\d+)% loss 0\.5 \| \d+\.\d\d it/s \| ETA \d+:\d\d$")
 

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from sjc_core.errors import SjcError
-from sjc_core.recipe import apply_override, parse_value
-from sjc_core.toml_out import dumps
+from sjc_core.recipes.recipe import apply_override, parse_value
+from sjc_core.recipes.toml_out import dumps
 
 GOOD = """\
 name = "burger"
@@ -390,7 +390,7 @@ SHIPPED_RECIPES = sorted((Path(__file__).resolve().parents[1] / "recipes").glob(
 def test_toml_writer_round_trips_every_shipped_recipe(recipe: Path) -> None:
     """load -> resolved -> dumps -> parse gives the resolved data back (None left out)."""
     from sjc_core.plugins import load_registry
-    from sjc_core.recipe import load_recipe
+    from sjc_core.recipes.recipe import load_recipe
 
     resolved = load_recipe(recipe, load_registry(warn=lambda message: None)).resolved()
     assert tomllib.loads(dumps(resolved)) == _without_none(resolved)

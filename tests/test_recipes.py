@@ -15,7 +15,7 @@ from typing import Any, NamedTuple
 import pytest
 
 from sjc_core.plugins import load_registry
-from sjc_core.recipe import Recipe, load_recipe
+from sjc_core.recipes.recipe import Recipe, load_recipe
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 

@@ -13,12 +13,12 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from sjc_core.cameras import intrinsics
 from sjc_core.contracts import BuildContext
 from sjc_core.errors import SjcError
-from sjc_core.optim import Adamax
 from sjc_core.plugins import load_registry
-from sjc_core.render import render_view
+from sjc_core.render.cameras import intrinsics
+from sjc_core.render.view import render_view
+from sjc_core.training.optim import Adamax
 
 try:
     from tiny_models import ZERO123_LATENT_SIZE, build_zero123_folder
@@ -186,8 +186,8 @@ def test_sjc_validate_reports_a_missing_loss_picture(run_sjc, tmp_path: Path) ->
 
 def test_the_trainer_attaches_it_and_steps(registry, tmp_path: Path) -> None:
     """build_components calls attach: with the empirical prior over a posed set, a step has the term."""
-    from sjc_core.recipe import load_recipe
-    from sjc_core.trainer import Trainer, build_components
+    from sjc_core.recipes.recipe import load_recipe
+    from sjc_core.training.trainer import Trainer, build_components
 
     data = Path(__file__).resolve().parents[1] / "data" / "demo"
     recipe_file = tmp_path / "r.toml"

@@ -18,7 +18,10 @@ import torch
 
 from sjc_core.contracts import BuildContext
 from sjc_core.plugins import load_registry
-from sjc_core.render import box_intersect, camera_rays, host_spans, k_for_spans, make_bundle, render_rays, render_view
+from sjc_core.render.rays import camera_rays
+from sjc_core.render.samples import make_bundle
+from sjc_core.render.spans import box_intersect, host_spans, k_for_spans
+from sjc_core.render.view import render_rays, render_view
 
 SCENARIOS = ("init", "blob", "blob_carved")
 
@@ -137,7 +140,7 @@ def _close(a: np.ndarray, b: np.ndarray, rel: float, abs_of_max: float) -> None:
 @pytest.fixture
 def dense_layout(monkeypatch):
     """The layout GPUs use (every sample, masks, no data-dependent shapes), on the CPU."""
-    monkeypatch.setattr("sjc_core.render.compact_samples", lambda device: False)
+    monkeypatch.setattr("sjc_core.render.samples.compact_samples", lambda device: False)
 
 
 @pytest.mark.parametrize("backend", ["auto", "torch", "generic", "torch-dense", "generic-dense"])

@@ -25,14 +25,15 @@ import pytest
 import torch
 
 from conftest import sjc_env
-from sjc_core import artifacts, engine
-from sjc_core.checkpoint import load_checkpoint
 from sjc_core.commands.run import resume_command
+from sjc_core.files import atomic, locks
 from sjc_core.plugins import load_registry
-from sjc_core.recipe import load_recipe
+from sjc_core.recipes.recipe import load_recipe
+from sjc_core.runs import engine
+from sjc_core.runs.checkpoint import load_checkpoint
 from test_engine import field_tensors, write_recipe
 
-pytestmark = pytest.mark.skipif(artifacts.fcntl is None, reason="folder locks need fcntl (POSIX)")
+pytestmark = pytest.mark.skipif(locks.fcntl is None, reason="folder locks need fcntl (POSIX)")
 
 
 def cli(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
@@ -61,7 +62,7 @@ def steps_logged(run_dir: Path) -> list[int]:
 
 
 def temps(root: Path) -> list[Path]:
-    return [p for p in root.rglob("*") if p.name.startswith(artifacts.TEMP_PREFIX)]
+    return [p for p in root.rglob("*") if p.name.startswith(atomic.TEMP_PREFIX)]
 
 
 def snapshot_files(root: Path) -> dict[str, bytes]:
@@ -95,7 +96,8 @@ def wait_for(condition, what: str, process: subprocess.Popen | None = None, time
 BLOCKING_RUN = """
 import sys, time
 from pathlib import Path
-from sjc_core import cli, engine
+from sjc_core import cli
+from sjc_core.runs import engine
 
 marker = Path(sys.argv[1])
 build = engine.build_components
@@ -201,9 +203,9 @@ def test_resume_command_is_what_the_user_typed() -> None:
 KILLED_MID_CHECKPOINT = """
 import os, signal, sys
 from pathlib import Path
-from sjc_core import checkpoint, engine
+from sjc_core.runs import checkpoint, engine
 from sjc_core.plugins import load_registry
-from sjc_core.recipe import load_recipe
+from sjc_core.recipes.recipe import load_recipe
 
 save_file = checkpoint.save_file
 
@@ -363,7 +365,7 @@ def test_cut_off_last_metrics_line_is_dropped_on_resume(tmp_path: Path) -> None:
 
 
 def test_full_disk_while_checkpointing_keeps_the_last_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from sjc_core import checkpoint
+    from sjc_core.runs import checkpoint
 
     recipe = recipe_of(write_recipe(tmp_path, steps=6))
     run_dir = tmp_path / "run"
@@ -488,13 +490,13 @@ def test_stale_temporaries_are_removed_when_the_lock_is_taken(
 
 
 def test_lock_probe_and_holder_message(tmp_path: Path) -> None:
-    assert artifacts.lock_holder(tmp_path) is None
-    with artifacts.folder_lock(tmp_path, "sjc run"):
-        assert artifacts.lock_holder(tmp_path) == f"pid {os.getpid()}, sjc run"
-        assert artifacts.lock_holder(tmp_path) is not None  # probes do not disturb each other
-        with pytest.raises(artifacts.FolderInUse, match=re.escape(f"{tmp_path}: in use by another sjc process (pid {os.getpid()}")):
-            with artifacts.folder_lock(tmp_path, "sjc render"):
+    assert locks.lock_holder(tmp_path) is None
+    with locks.folder_lock(tmp_path, "sjc run"):
+        assert locks.lock_holder(tmp_path) == f"pid {os.getpid()}, sjc run"
+        assert locks.lock_holder(tmp_path) is not None  # probes do not disturb each other
+        with pytest.raises(locks.FolderInUse, match=re.escape(f"{tmp_path}: in use by another sjc process (pid {os.getpid()}")):
+            with locks.folder_lock(tmp_path, "sjc render"):
                 pass
-    assert artifacts.lock_holder(tmp_path) is None  # released with the block
-    with artifacts.folder_lock(tmp_path, "sjc render"):
+    assert locks.lock_holder(tmp_path) is None  # released with the block
+    with locks.folder_lock(tmp_path, "sjc render"):
         pass

@@ -18,10 +18,10 @@ import numpy as np
 import pytest
 import torch
 
-from sjc_core import sampling
 from sjc_core.commands.common import registry
 from sjc_core.contracts import BuildContext
-from sjc_core.paas import default_sigma_range, paas_gradient, sigma_schedule
+from sjc_core.sampling import ladders, noise, samplers
+from sjc_core.training.paas import default_sigma_range, paas_gradient, sigma_schedule
 
 try:
     from conftest import run_sjc_command, write_sample_images
@@ -90,29 +90,29 @@ def memorisation_threshold(data: torch.Tensor) -> float:
 # -- schedules --------------------------------------------------------------------------------
 def test_karras_sigmas_match_the_closed_form() -> None:
     n, low, high, rho = 12, 0.002, 80.0, 7.0
-    sigmas = sampling.karras_sigmas(n, low, high, rho)
+    sigmas = ladders.karras_sigmas(n, low, high, rho)
     expected = [(high ** (1 / rho) + i / (n - 1) * (low ** (1 / rho) - high ** (1 / rho))) ** rho for i in range(n)]
     assert sigmas.shape == (n + 1,)
     np.testing.assert_allclose(sigmas[:-1], expected, rtol=1e-12)
     assert sigmas[0] == pytest.approx(high) and sigmas[n - 1] == pytest.approx(low) and sigmas[-1] == 0.0
     assert np.all(np.diff(sigmas) < 0)
     # rho = 1 is a straight line in sigma; larger rho crowds the steps toward sigma_min.
-    np.testing.assert_allclose(sampling.karras_sigmas(5, 1.0, 5.0, rho=1.0), [5, 4, 3, 2, 1, 0])
-    assert sampling.karras_sigmas(1, 0.1, 3.0).tolist() == [3.0, 0.0]
+    np.testing.assert_allclose(ladders.karras_sigmas(5, 1.0, 5.0, rho=1.0), [5, 4, 3, 2, 1, 0])
+    assert ladders.karras_sigmas(1, 0.1, 3.0).tolist() == [3.0, 0.0]
     with pytest.raises(ValueError):
-        sampling.karras_sigmas(0, 0.1, 1.0)
+        ladders.karras_sigmas(0, 0.1, 1.0)
 
 
 def test_snap_to_ladder_picks_the_nearest_level_in_log_and_keeps_zero() -> None:
     ladder = torch.tensor([0.1, 1.0, 10.0], dtype=torch.float64)
-    snapped = sampling.snap_to_ladder([20.0, 3.0, 3.2, 0.5, 0.01, 0.0], ladder)
+    snapped = ladders.snap_to_ladder([20.0, 3.0, 3.2, 0.5, 0.01, 0.0], ladder)
     # 3.0 is below sqrt(1 * 10) = 3.16 so it snaps to 1, 3.2 to 10; log-nearest, not linear.
     assert snapped.tolist() == [10.0, 1.0, 10.0, 1.0, 0.1, 0.0]
-    assert sampling.drop_repeats(np.array([10.0, 10.0, 1.0, 1.0, 0.0])).tolist() == [10.0, 1.0, 0.0]
+    assert ladders.drop_repeats(np.array([10.0, 10.0, 1.0, 1.0, 0.0])).tolist() == [10.0, 1.0, 0.0]
 
 
 def test_karras_schedule_for_a_prior_lies_on_its_ladder(prior) -> None:  # type: ignore[no-untyped-def]
-    sigmas = sampling.karras_schedule_for(prior, 40)
+    sigmas = ladders.karras_schedule_for(prior, 40)
     ladder = prior.sigmas.double().numpy()
     assert sigmas[-1] == 0.0
     assert all(np.isclose(ladder, s, rtol=0, atol=0).any() for s in sigmas[:-1])
@@ -138,8 +138,8 @@ def test_heun_solves_the_flow_ode_to_second_order() -> None:
     x = torch.randn(64, 1, 4, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 20.0
     errors = {}
     for n in (20, 40, 80):
-        levels = sampling.karras_sigmas(n, 0.02, 20.0)[:-1]  # stop at sigma_min: no Euler step
-        heun = sampling.sample_heun(gaussian_denoiser, x, levels)
+        levels = ladders.karras_sigmas(n, 0.02, 20.0)[:-1]  # stop at sigma_min: no Euler step
+        heun = samplers.sample_heun(gaussian_denoiser, x, levels)
         errors[n] = float((heun - exact_flow(x, 20.0, 0.02)).abs().max())
         euler_only = x.clone()
         for a, b in zip(levels[:-1], levels[1:]):
@@ -148,43 +148,43 @@ def test_heun_solves_the_flow_ode_to_second_order() -> None:
     # Halving the step size cuts a second-order method's error by about 4 (Euler's by 2).
     assert 3.5 < errors[20] / errors[40] < 5.0 and 3.5 < errors[40] / errors[80] < 5.0
     # Down to 0 the last step is Euler, landing exactly on D at the last level.
-    levels = sampling.karras_sigmas(40, 0.02, 20.0)
-    done = sampling.sample_heun(gaussian_denoiser, x, levels)
-    before_last = sampling.sample_heun(gaussian_denoiser, x, levels[:-1])
+    levels = ladders.karras_sigmas(40, 0.02, 20.0)
+    done = samplers.sample_heun(gaussian_denoiser, x, levels)
+    before_last = samplers.sample_heun(gaussian_denoiser, x, levels[:-1])
     torch.testing.assert_close(done, gaussian_denoiser(before_last, torch.tensor(0.02, dtype=torch.float64)))
 
 
 def test_churn_samples_the_right_distribution_and_is_seeded() -> None:
     """With churn the sampler is stochastic but still targets N(MU, S^2)."""
-    gens = sampling.generators_for(3, 2000)
-    x = sampling.randn((2000, 1, 1, 1), torch.zeros((), dtype=torch.float64), gens) * 20.0
-    levels = sampling.karras_sigmas(30, 0.01, 20.0)
+    gens = noise.generators_for(3, 2000)
+    x = noise.randn((2000, 1, 1, 1), torch.zeros((), dtype=torch.float64), gens) * 20.0
+    levels = ladders.karras_sigmas(30, 0.01, 20.0)
     kwargs = dict(s_churn=40.0, s_min=0.05, s_max=10.0, s_noise=1.0)
-    churned = sampling.sample_heun(gaussian_denoiser, x, levels, generator=sampling.generators_for(4, 2000), **kwargs)
-    plain = sampling.sample_heun(gaussian_denoiser, x, levels)
+    churned = samplers.sample_heun(gaussian_denoiser, x, levels, generator=noise.generators_for(4, 2000), **kwargs)
+    plain = samplers.sample_heun(gaussian_denoiser, x, levels)
     assert float((churned - plain).abs().mean()) > 0.05  # the churn really adds noise
     # 2000 samples: the std's standard error is S / sqrt(2 * 2000) ~ 0.008.
     assert float(churned.mean()) == pytest.approx(MU, abs=0.05)
     assert float(churned.std()) == pytest.approx(S, abs=0.04)
-    again = sampling.sample_heun(gaussian_denoiser, x, levels, generator=sampling.generators_for(4, 2000), **kwargs)
+    again = samplers.sample_heun(gaussian_denoiser, x, levels, generator=noise.generators_for(4, 2000), **kwargs)
     torch.testing.assert_close(again, churned, rtol=0, atol=0)
 
 
 # -- memorisation with the empirical prior -----------------------------------------------------
 def test_karras_samples_land_on_training_images(prior, image_folder: Path) -> None:  # type: ignore[no-untyped-def]
     data = training_set(image_folder)
-    sigmas = sampling.karras_schedule_for(prior, 40)
-    gens = sampling.generators_for(0, 8)
-    start = sampling.randn((8, 3, SIZE, SIZE), torch.zeros(()), gens) * float(sigmas[0])
+    sigmas = ladders.karras_schedule_for(prior, 40)
+    gens = noise.generators_for(0, 8)
+    start = noise.randn((8, 3, SIZE, SIZE), torch.zeros(()), gens) * float(sigmas[0])
     denoise = lambda x, s: prior.denoise(x, s, None)  # noqa: E731
-    samples = sampling.sample_heun(denoise, start, sigmas, generator=gens)
+    samples = samplers.sample_heun(denoise, start, sigmas, generator=gens)
     rmse, index = nearest(samples, data)
     assert float(rmse.max()) < memorisation_threshold(data), rmse
     assert len(set(index.tolist())) >= 2  # different noises reach different images
     # The same with stochastic churn, its raised levels snapped onto the ladder.
-    churned = sampling.sample_heun(
+    churned = samplers.sample_heun(
         denoise, start, sigmas, s_churn=80, s_min=0.05, s_max=50, s_noise=1.003,
-        snap=sampling.ladder_snapper(prior.sigmas), generator=sampling.generators_for(1, 8),
+        snap=ladders.ladder_snapper(prior.sigmas), generator=noise.generators_for(1, 8),
     )
     assert float(nearest(churned, data)[0].max()) < memorisation_threshold(data)
 
@@ -196,19 +196,19 @@ def test_annealed_paas_ascent_lands_on_training_images(prior, image_folder: Path
     assert sigmas[0] == pytest.approx(high, rel=0.01) and sigmas[-1] == pytest.approx(low, rel=0.01)
     denoise = lambda x, s: prior.denoise(x, s, None)  # noqa: E731
     start = torch.zeros(8, 3, SIZE, SIZE)
-    samples = sampling.paas_ascent(denoise, start, sigmas, lr=0.05, generator=sampling.generators_for(0, 8))
+    samples = samplers.paas_ascent(denoise, start, sigmas, lr=0.05, generator=noise.generators_for(0, 8))
     rmse, index = nearest(samples, data)
     assert float(rmse.max()) < memorisation_threshold(data), rmse
     assert len(set(index.tolist())) >= 2
     # A quarter of the steps is not enough to settle: the test can tell.
-    short = sampling.paas_ascent(denoise, start, sigmas[::8], lr=0.05, generator=sampling.generators_for(0, 8))
+    short = samplers.paas_ascent(denoise, start, sigmas[::8], lr=0.05, generator=noise.generators_for(0, 8))
     assert float(nearest(short, data)[0].max()) > memorisation_threshold(data)
 
 
 def test_batched_paas_gradient_matches_the_engines_estimator(prior) -> None:  # type: ignore[no-untyped-def]
     y = torch.rand(1, 3, SIZE, SIZE) * 2 - 1
     for var_red in (True, False):
-        ours = sampling.paas_gradient_batch(
+        ours = samplers.paas_gradient_batch(
             lambda x, s: prior.denoise(x, s, None), y, 0.7, n_noise=3, var_red=var_red,
             generator=torch.Generator().manual_seed(5),
         )
@@ -216,11 +216,11 @@ def test_batched_paas_gradient_matches_the_engines_estimator(prior) -> None:  # 
         torch.testing.assert_close(ours, engine)
     # One generator per image: an image's gradient does not depend on its batch mates.
     pair = torch.cat([y, torch.zeros_like(y)])
-    both = sampling.paas_gradient_batch(
-        lambda x, s: prior.denoise(x, s, None), pair, 0.7, generator=sampling.generators_for(9, 2)
+    both = samplers.paas_gradient_batch(
+        lambda x, s: prior.denoise(x, s, None), pair, 0.7, generator=noise.generators_for(9, 2)
     )
-    alone = sampling.paas_gradient_batch(
-        lambda x, s: prior.denoise(x, s, None), y, 0.7, generator=sampling.generators_for(9, 1)
+    alone = samplers.paas_gradient_batch(
+        lambda x, s: prior.denoise(x, s, None), y, 0.7, generator=noise.generators_for(9, 1)
     )
     torch.testing.assert_close(both[:1], alone)
 
@@ -335,7 +335,7 @@ def scheduler_ladder(folder: Path) -> np.ndarray:
     """The VE ladder of a tiny model, straight from its scheduler config (no network loading)."""
     import diffusers
 
-    from sjc_core.paas import vp_sigmas
+    from sjc_core.training.paas import vp_sigmas
 
     config = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
     scheduler = getattr(diffusers, config["_class_name"]).from_config(config)

@@ -11,10 +11,10 @@ import pytest
 import torch
 from pydantic import ValidationError
 
+import sjc_plugins.priors.stable_diffusion as sd_module
 from sjc_core.contracts import BuildContext, View
 from sjc_core.errors import SjcError
 from sjc_core.plugins import load_registry
-import sjc_plugins.priors.stable_diffusion as sd_module
 from sjc_plugins.priors._diffusion_common import VpLadder, batch_sigma, ladder_dtype
 from sjc_plugins.priors.stable_diffusion import StableDiffusionOptions, assemble_stable_diffusion, plan_placement
 
@@ -350,7 +350,7 @@ def load_parts(folder: Path):
 
 def recipe_prior(registry, folder: Path, tmp_path: Path, *overrides: str):
     """The prior of a recipe naming the tiny model, with ``--set`` overrides, built through the registry."""
-    from sjc_core.recipe import load_recipe
+    from sjc_core.recipes.recipe import load_recipe
 
     recipe = tmp_path / "tiny-sd.toml"
     recipe.write_text(

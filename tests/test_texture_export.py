@@ -21,13 +21,24 @@ import pytest
 import torch
 import trimesh
 
-from sjc_core import mesh, mesh_cleanup, mesh_colors, mesh_raster, texture, uv_bake
-from sjc_core.cameras import intrinsics, look_at
-from sjc_core.checkpoint import describe_run, load_checkpoint, save_checkpoint
 from analytic_ball import ball_renderer
 from sjc_core.errors import SjcError
-from sjc_core.mesh_export import export_run_mesh, load_mesh_run
+from sjc_core.mesh import (
+    cleanup,
+    colors,
+    texture,
+    uv_bake,
+)
+from sjc_core.mesh import (
+    extract as mesh,
+)
+from sjc_core.mesh import (
+    raster as mesh_raster,
+)
+from sjc_core.mesh.export import export_run_mesh, load_mesh_run
 from sjc_core.plugins import load_registry
+from sjc_core.render.cameras import intrinsics, look_at
+from sjc_core.runs.checkpoint import describe_run, load_checkpoint, save_checkpoint
 
 GRID = 40  # voxel 0.05 over [-1, 1]
 VOXEL = 2.0 / GRID
@@ -72,8 +83,8 @@ def _set_ball(field: torch.nn.Module, channels: int) -> None:
 
 def _make_run(root: Path, prior_table: str, channels: int, with_run_info: bool = True) -> Path:
     """A real one-step run whose checkpoint is then replaced by the known ball."""
-    from sjc_core import engine
-    from sjc_core.recipe import load_recipe
+    from sjc_core.recipes.recipe import load_recipe
+    from sjc_core.runs import engine
 
     recipe_path = root / "ball.toml"
     recipe_path.write_text(
@@ -177,7 +188,7 @@ def test_textured_render_is_closer_to_the_field_than_vertex_colours(ball) -> Non
     """
     from scipy.ndimage import binary_erosion
 
-    from sjc_core.render import render_view
+    from sjc_core.render.view import render_view
 
     field, result, value_range = ball
     size, fov = 128, 50.0
@@ -187,7 +198,7 @@ def test_textured_render_is_closer_to_the_field_than_vertex_colours(ball) -> Non
     with torch.no_grad():
         out = render_view(field, K, c2w, size, size, keep_weights=False)
     reference = np.clip((out.image[:3].permute(1, 2, 0).double().numpy() - value_range[0]) / 2, 0, 1)
-    vertex_colours = mesh_colors.feature_colors(field, result.vertices, result.normals, value_range, inset=VOXEL / 2)
+    vertex_colours = colors.feature_colors(field, result.vertices, result.normals, value_range, inset=VOXEL / 2)
     baked = texture.bake_from_field(field, uv_bake.unwrap(result.vertices, result.faces, result.normals, 512),
                                     value_range, inset=VOXEL / 2)
     plain = mesh_raster.render_mesh(result.vertices, result.faces, K, c2w, size, colors=vertex_colours)
@@ -242,7 +253,7 @@ def test_texture_from_views_leaves_no_texel_unfilled(ball) -> None:
 def test_smoothing_keeps_the_volume_and_removes_the_staircase(ball) -> None:
     _, result, _ = ball
     before = mesh.to_trimesh(result)
-    v, f, n, report = mesh_cleanup.clean_mesh(result.vertices, result.faces, result.normals, smooth=10)
+    v, f, n, report = cleanup.clean_mesh(result.vertices, result.faces, result.normals, smooth=10)
     after = trimesh.Trimesh(v, f, process=False)
     rough = lambda verts: float(np.std(np.linalg.norm(verts, axis=1)))
     print(f"smooth 10: radius spread {rough(result.vertices):.5f} -> {rough(v):.5f}, "
@@ -255,7 +266,7 @@ def test_smoothing_keeps_the_volume_and_removes_the_staircase(ball) -> None:
 
 def test_decimation_reaches_the_face_count_and_keeps_the_shape(ball) -> None:
     _, result, _ = ball
-    v, f, _, report = mesh_cleanup.clean_mesh(result.vertices, result.faces, result.normals, target_faces=1000)
+    v, f, _, report = cleanup.clean_mesh(result.vertices, result.faces, result.normals, target_faces=1000)
     after = trimesh.Trimesh(v, f, process=False)
     print(report.summary(), f"volume change {after.volume / result_volume(result) - 1:+.4f}")
     assert 950 <= len(f) <= 1000 and report.faces_after == len(f) and report.vertices_after == len(v)
@@ -265,7 +276,7 @@ def test_decimation_reaches_the_face_count_and_keeps_the_shape(ball) -> None:
     assert report.summary().startswith(f"clean-up (decimate to 1000): {len(result.faces)} -> {len(f)} faces")
     assert after.is_watertight  # a ball has no thin parts to pinch (see mesh_cleanup's docstring)
     # a target above the face count leaves the mesh as it is, and says so
-    same = mesh_cleanup.clean_mesh(result.vertices, result.faces, result.normals, target_faces=10 * len(result.faces))
+    same = cleanup.clean_mesh(result.vertices, result.faces, result.normals, target_faces=10 * len(result.faces))
     np.testing.assert_array_equal(same[1], result.faces)
     assert "no decimation, already at most" in same[3].summary()
 

@@ -15,11 +15,13 @@ import torch
 import torch.nn.functional as F
 from pydantic import ValidationError
 
-from sjc_core.cameras import intrinsics, look_at
 from sjc_core.contracts import BuildContext, Field
 from sjc_core.errors import SjcError
 from sjc_core.plugins import load_registry
-from sjc_core.render import BACKGROUND_DEPTH, camera_rays, render_view
+from sjc_core.render.cameras import intrinsics, look_at
+from sjc_core.render.composite import BACKGROUND_DEPTH
+from sjc_core.render.rays import camera_rays
+from sjc_core.render.view import render_view
 from sjc_plugins.fields.trilinear import gather_corners, scatter_corners, trilinear_corners
 from sjc_plugins.fields.voxel import VoxelField, VoxelOptions
 
@@ -329,7 +331,7 @@ def test_camera_inside_the_box():
     field = randomise(build(grid_size=12), density=1.0)
     K, pose = camera([0.2, 0.1, 0.3], fov=70.0, size=16, target=np.array([0.0, -0.2, -1.0]))
     ro, rd = camera_rays(K, pose, 16, 16)
-    from sjc_core.render import box_intersect
+    from sjc_core.render.spans import box_intersect
 
     t_min, t_max = box_intersect(ro, rd, field.aabb)
     assert (t_min == 0).all() and (t_max > 0).all()

@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 import torch
 
-from sjc_core.cameras import eye_on_sphere, look_at
 from sjc_core.contracts import BuildContext, View
 from sjc_core.errors import SjcError
 from sjc_core.plugins import load_registry
+from sjc_core.render.cameras import eye_on_sphere, look_at
 
 try:
     from host_guard import forbid_host_sync

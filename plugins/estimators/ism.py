@@ -28,7 +28,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from sjc_core.estimation import Generators, denoise_at, draw_noise, fraction_index, ladder_window, level_index
+from sjc_core.training.estimation import (
+    Generators,
+    denoise_at,
+    draw_noise,
+    fraction_index,
+    ladder_window,
+    level_index,
+)
 from sjc_plugins.estimators.ism_options import IsmOptions
 
 

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from sjc_core.hookspecs import hookimpl
-from sjc_core.recipe import Float, Int
+from sjc_core.recipes.values import Float, Int
 from sjc_plugins.estimators.sds_options import (
     GRADIENT_SCALE,
     LADDER_SIGMA_MAX,

@@ -21,7 +21,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from sjc_core.estimation import Generators, denoise_at, draw_noise, fraction_index, ladder_window, sds_weight
+from sjc_core.training.estimation import (
+    Generators,
+    denoise_at,
+    draw_noise,
+    fraction_index,
+    ladder_window,
+    sds_weight,
+)
 from sjc_plugins.estimators.sds_options import SdsOptions
 
 

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from sjc_core.hookspecs import hookimpl
-from sjc_core.recipe import MAX_N_NOISE, MAX_SIGMA, Float, Int
+from sjc_core.recipes.values import MAX_N_NOISE, MAX_SIGMA, Float, Int
 
 if TYPE_CHECKING:
     from sjc_core.contracts import BuildContext

@@ -26,8 +26,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from sjc_core import native
-from sjc_core.render import SampleBundle
+from sjc_core.native import build as native
+from sjc_core.render.samples import SampleBundle
 
 # The C source ships as package data (a real .c file, compiled by sjc_core.native on first use).
 SOURCE = files("sjc_plugins.fields").joinpath("csrc/voxel_render.c").read_text(encoding="utf-8")

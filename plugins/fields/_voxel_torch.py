@@ -17,8 +17,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from sjc_core.render import SampleBundle
-from sjc_core.volume_weights import weights_backward, weights_forward
+from sjc_core.render.samples import SampleBundle
+from sjc_core.render.weights import weights_backward, weights_forward
 from sjc_plugins.fields.shading import activate, activation_slope
 from sjc_plugins.fields.trilinear import Corners, gather_corners, scatter_corners, take_rows, trilinear_corners
 

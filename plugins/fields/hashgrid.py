@@ -24,8 +24,9 @@ from torch import nn
 
 from sjc_core.contracts import BuildContext
 from sjc_core.errors import SjcError
-from sjc_core.render import SampleBundle
-from sjc_core.volume_weights import VolumeWeights
+from sjc_core.render.samples import SampleBundle
+from sjc_core.render.weights import VolumeWeights
+from sjc_plugins.fields.backdrop import backdrop_background, plain_backdrop, register_backdrop
 from sjc_plugins.fields.hash_encoding import HashEncoding, HashGridSpec
 from sjc_plugins.fields.hashgrid_options import (  # noqa: F401 (re-exported: the options live there)
     CPU_DEFAULTS,
@@ -33,12 +34,10 @@ from sjc_plugins.fields.hashgrid_options import (  # noqa: F401 (re-exported: th
     Backend,
     HashGridOptions,
 )
-from sjc_plugins.fields.backdrop import backdrop_background, plain_backdrop, register_backdrop
 from sjc_plugins.fields.voxel import (  # same activations, sizes, background as the voxel field
     activate,
     grid_xyz,
 )
-
 
 SAMPLE_CHUNK = 1 << 15  # samples per chunk in render_foreground
 

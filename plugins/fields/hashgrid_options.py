@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from sjc_core.hookspecs import hookimpl
-from sjc_core.recipe import Flag, Float, Int
+from sjc_core.recipes.values import Flag, Float, Int
 from sjc_plugins.fields.voxel_options import (  # same sizes, checks and shared options as the voxel field
     BACKGROUND_FROM_PRIOR,
     BG_LR,

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 from sjc_core.contracts import BuildContext
 from sjc_core.errors import SjcError
-from sjc_core.render import SampleBundle
+from sjc_core.render.samples import SampleBundle
 from sjc_plugins.fields._voxel_native import NativeVoxelRender, kernel_or_reason, native_plan
 from sjc_plugins.fields._voxel_torch import TorchVoxelRender, torch_plan
 from sjc_plugins.fields.backdrop import backdrop_background, plain_backdrop, register_backdrop
@@ -43,7 +43,6 @@ from sjc_plugins.fields.voxel_options import (  # noqa: F401 (re-exported: the o
     check_ray_samples,
     grid_xyz,
 )
-
 
 # --------------------------------------------------------------------------- the field
 

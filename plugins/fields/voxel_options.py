@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from sjc_core.hookspecs import hookimpl
-from sjc_core.recipe import Flag, Float, Int
+from sjc_core.recipes.values import Flag, Float, Int
 
 if TYPE_CHECKING:
     from sjc_core.contracts import BuildContext

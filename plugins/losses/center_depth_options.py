@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 from pydantic import BaseModel, ConfigDict, Field
 
 from sjc_core.hookspecs import hookimpl
-from sjc_core.recipe import Float
+from sjc_core.recipes.values import Float
 
 if TYPE_CHECKING:
     from sjc_core.contracts import BuildContext

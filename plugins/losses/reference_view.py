@@ -26,10 +26,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from sjc_core.cameras import intrinsics
 from sjc_core.contracts import BuildContext, RenderOutput
 from sjc_core.errors import SjcError
-from sjc_core.render import box_intersect, camera_rays, host_aabb, k_for_spans, render_rays
+from sjc_core.render.cameras import intrinsics
+from sjc_core.render.rays import camera_rays
+from sjc_core.render.spans import box_intersect, host_aabb, k_for_spans
+from sjc_core.render.view import render_rays
 from sjc_plugins.losses.reference_view_options import WHERE, ReferenceViewOptions
 from sjc_plugins.reference_picture import (
     DEFAULT_AZIMUTH,
@@ -40,6 +42,7 @@ from sjc_plugins.reference_picture import (
     ReferenceCamera,
     read_picture,
 )
+
 
 class ReferenceViewLoss:
     """Callable loss; ``attach`` gives it the field to render and the prior's encoding."""

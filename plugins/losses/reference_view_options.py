@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from sjc_core.hookspecs import hookimpl
-from sjc_core.recipe import MAX_PATH_LENGTH, MAX_RADIUS, Float, PathText, bounded
+from sjc_core.recipes.values import MAX_PATH_LENGTH, MAX_RADIUS, Float, PathText, bounded
 from sjc_plugins.reference_picture import (
     DEFAULT_TOLERANCE,
     read_picture,

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from sjc_core.errors import SjcError
-from sjc_core.paas import vp_sigmas
+from sjc_core.training.paas import vp_sigmas
 from sjc_plugins.priors.hub import (  # noqa: F401 (re-exported for the priors)
     ALLOW_DOWNLOAD_ENV,
     DIFFUSERS_EXTRA,

@@ -12,7 +12,7 @@ thousand 64x64 images cost one chunk of memory per call, not one copy per noise.
 float32 dot products far from cancellation (``precision = "float64"`` for the careful).
 
 With a transforms file in the folder (NeRF-synthetic layout, read by
-:mod:`sjc_core.datasets`), the images carry cameras and the prior can condition on the
+:mod:`sjc_core.fit.transforms`), the images carry cameras and the prior can condition on the
 training camera (``view_conditioning``): ``label`` keeps the images with the same view
 label, ``kernel`` keeps those whose camera direction lies within ``kernel_width_deg`` of
 the training camera's. The kernel is a hard cut on purpose: added in log space, an
@@ -29,19 +29,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from sjc_core.cameras import camera_angles, view_label
 from sjc_core.contracts import BuildContext, CameraHint, View
-from sjc_core.datasets import (
-    IMAGE_EXTENSIONS,
-    camera_directions,
-    load_posed_images,
-    read_image,
-    transforms_path,
-)
 from sjc_core.errors import SjcError
-from sjc_core.paas import geometric_ladder
+from sjc_core.fit.datasets import load_posed_images, read_image
+from sjc_core.fit.poses import camera_directions
+from sjc_core.fit.transforms import IMAGE_EXTENSIONS, transforms_path
+from sjc_core.render.cameras import camera_angles, view_label
+from sjc_core.training.paas import geometric_ladder
 from sjc_plugins.priors.empirical_options import EmpiricalOptions, ViewConditioning  # noqa: F401 (re-exported)
-
 
 # PAAS range. Lower end 0.1, not 0.01: the 1/sigma factor of the PAAS gradient lets the
 # smallest sigmas dominate Adamax's step size, and raising the floor to 0.1 gained ~1 dB

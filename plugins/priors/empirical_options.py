@@ -9,10 +9,10 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from sjc_core.datasets import IMAGE_EXTENSIONS, read_transforms, resolve_image_path, transforms_path
 from sjc_core.errors import SjcError
+from sjc_core.fit.transforms import IMAGE_EXTENSIONS, read_transforms, resolve_image_path, transforms_path
 from sjc_core.hookspecs import hookimpl
-from sjc_core.recipe import MAX_PATH_LENGTH, Flag, Float, Int, PathText
+from sjc_core.recipes.values import MAX_PATH_LENGTH, Flag, Float, Int, PathText
 
 if TYPE_CHECKING:
     from sjc_core.contracts import BuildContext

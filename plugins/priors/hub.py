@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from sjc_core.errors import SjcError
-from sjc_core.recipe import MAX_PATH_LENGTH, Flag, Line, PathText, bounded
+from sjc_core.recipes.values import MAX_PATH_LENGTH, Flag, Line, PathText, bounded
 
 if TYPE_CHECKING:
     from sjc_core.contracts import BuildContext

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Literal
 from pydantic import Field
 
 from sjc_core.hookspecs import hookimpl
-from sjc_core.recipe import MAX_PATH_LENGTH, Int, PathText
+from sjc_core.recipes.values import MAX_PATH_LENGTH, Int, PathText
 from sjc_plugins.priors.hub import HubOptions
 
 if TYPE_CHECKING:

@@ -24,14 +24,17 @@ from typing import Any
 
 import torch
 
-from sjc_core.cameras import LABEL_PROMPTS
 from sjc_core.contracts import BuildContext, View
 from sjc_core.errors import SjcError
-from sjc_plugins.priors.stable_diffusion_options import (  # noqa: F401 (re-exported: the options live there)
-    DEFAULT_MODEL,
-    MAX_PROMPT,
-    SLICING_CHOICES,
-    StableDiffusionOptions,
+from sjc_core.render.cameras import LABEL_PROMPTS
+from sjc_plugins.priors._diffusion_common import (
+    VpLadder,
+    batch_sigma,
+    load_pretrained,
+    load_scheduler,
+    resolve_dtype,
+    resolve_source,
+    square_size,
 )
 from sjc_plugins.priors._sd_placement import (
     Placement,
@@ -43,16 +46,12 @@ from sjc_plugins.priors._sd_placement import (
     return_cached_memory,
     set_attention_slicing,
 )
-from sjc_plugins.priors._diffusion_common import (
-    VpLadder,
-    batch_sigma,
-    load_pretrained,
-    load_scheduler,
-    resolve_dtype,
-    resolve_source,
-    square_size,
+from sjc_plugins.priors.stable_diffusion_options import (  # noqa: F401 (re-exported: the options live there)
+    DEFAULT_MODEL,
+    MAX_PROMPT,
+    SLICING_CHOICES,
+    StableDiffusionOptions,
 )
-
 
 
 @dataclass(frozen=True)

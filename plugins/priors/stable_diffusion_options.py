@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 from pydantic import Field, field_validator
 
 from sjc_core.hookspecs import hookimpl
-from sjc_core.recipe import MAX_PATH_LENGTH, Flag, Float, PathText, Text
+from sjc_core.recipes.values import MAX_PATH_LENGTH, Flag, Float, PathText, Text
 from sjc_plugins.priors.hub import HubOptions
 
 if TYPE_CHECKING:

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, ClassVar, Literal
 from pydantic import Field
 
 from sjc_core.hookspecs import hookimpl
-from sjc_core.recipe import MAX_PATH_LENGTH, MAX_RADIUS, Flag, Float, PathText
+from sjc_core.recipes.values import MAX_PATH_LENGTH, MAX_RADIUS, Flag, Float, PathText
 from sjc_plugins.priors.hub import HubOptions
 from sjc_plugins.reference_picture import (
     DEFAULT_AZIMUTH,

@@ -37,7 +37,7 @@ def command(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="print the planned runs and their folders, run nothing")] = False,
 ) -> None:
     """Run many recipes, seeds and sweeps at once; skips finished runs, resumes interrupted ones."""
-    from sjc_core import batch
+    from sjc_core.batch import plan, runner
     from sjc_core.commands.common import registry
     from sjc_core.errors import SjcError
 
@@ -45,14 +45,14 @@ def command(
         raise SjcError("--no-ray and --address: choose one")
     if gpus_per_run is not None and gpus_per_run < 0 or cpus_per_run <= 0:
         raise SjcError("--gpus-per-run must be >= 0 and --cpus-per-run > 0")
-    if address and not batch.ray_available():
+    if address and not runner.ray_available():
         raise SjcError(f"--address {address}: Ray is not installed; pip install -e '.[ray]'")
     out = out.expanduser().resolve()
-    jobs = batch.plan(
+    jobs = plan.plan(
         recipes,
         registry(),
         out,
-        seeds=batch.parse_seeds(seeds) if seeds is not None else None,
+        seeds=plan.parse_seeds(seeds) if seeds is not None else None,
         sets=set_ or [],
         sweeps=sweep or [],
     )
@@ -61,7 +61,7 @@ def command(
             problem = f"  error: {job.error}" if job.error else ""
             typer.echo(f"{out / job.key}  {job.recipe} seed {job.seed} {' '.join(job.overrides)}".rstrip() + problem)
         return
-    options = batch.BatchOptions(
+    options = runner.BatchOptions(
         out=out,
         address=address,
         use_ray=not no_ray,
@@ -70,11 +70,11 @@ def command(
         meta={"command": ["sjc", *sys.argv[1:]]},
     )
     try:
-        document = batch.run_batch(jobs, options)
+        document = runner.run_batch(jobs, options)
     except KeyboardInterrupt:
         typer.echo(f"stopped; batch.json and index.html are in {out}", err=True)
         raise typer.Exit(130) from None
-    typer.echo(batch.summary_table(document))
+    typer.echo(runner.summary_table(document))
     typer.echo(f"gallery: {out / 'index.html'}")
     if document["counts"]["failed"]:
         raise typer.Exit(1)

@@ -16,14 +16,14 @@ THRESHOLD_HELP = (
 
 
 class _PhaseBars:
-    """``progress(phase, done, total)`` for :func:`sjc_core.mesh_export.export_run_mesh`: a line per phase on stderr."""
+    """``progress(phase, done, total)`` for :func:`sjc_core.mesh.export.export_run_mesh`: a line per phase on stderr."""
 
     def __init__(self) -> None:
         self.phase: str | None = None
         self.bar: Any = None
 
     def __call__(self, phase: str, done: int, total: int) -> None:
-        from sjc_core.progress import Progress
+        from sjc_core.runs.progress import Progress
 
         if phase != self.phase:
             self.close()
@@ -80,9 +80,9 @@ def command(
     ] = 0,
 ) -> None:
     """Extract the surface of a run's field with marching cubes; write it with vertex colours or a texture."""
-    from sjc_core import engine
     from sjc_core.commands.common import registry
-    from sjc_core.mesh_export import export_run_mesh
+    from sjc_core.mesh.export import export_run_mesh
+    from sjc_core.runs import engine
 
     bars = _PhaseBars()  # progress on stderr; stdout gets only the report
     try:

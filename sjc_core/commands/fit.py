@@ -48,7 +48,8 @@ def command(
 ) -> None:
     """Fit a voxel field to posed pictures (photometric loss); report held-out PSNR."""
     from sjc_core.commands.common import registry
-    from sjc_core.fit import FitSettings, fit_posed_images
+    from sjc_core.fit.fitting import fit_posed_images
+    from sjc_core.fit.settings import FitSettings
 
     field_options = _field_options(set_ or [])
     if grid_size is not None:
@@ -83,7 +84,7 @@ def command(
 
 
 def _field_options(assignments: list[str]) -> dict[str, object]:
-    from sjc_core.recipe import parse_value
+    from sjc_core.recipes.recipe import parse_value
 
     options: dict[str, object] = {}
     for assignment in assignments:

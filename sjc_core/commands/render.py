@@ -37,7 +37,7 @@ def command(
     chunk_rays: Annotated[int, typer.Option(min=256, help="--hd: rays rendered at once (lower it to save memory)")] = 16384,
 ) -> None:
     """Render the turntable of a (finished or interrupted) run again, or with --hd its final high-resolution videos."""
-    from sjc_core import engine
+    from sjc_core.runs import engine
 
     with engine.using_run(run_dir, "sjc render"):  # not while a run trains there
         _render(run_dir, frames, subpixel, out, hd, resolution, fps, skip, decode_batch, chunk_rays)
@@ -55,15 +55,15 @@ def _render(
     decode_batch: int,
     chunk_rays: int,
 ) -> None:
-    from sjc_core import engine
     from sjc_core.commands.common import registry
-    from sjc_core.progress import Progress
+    from sjc_core.runs import engine
+    from sjc_core.runs.progress import Progress
 
     run = engine.load_run(run_dir, registry())
     folder, recipe, parts, plan = run.folder, run.recipe, run.parts, run.plan
 
     if hd:
-        from sjc_core.hd_render import HdOptions, render_hd
+        from sjc_core.render.hd import HdOptions, render_hd
 
         options = HdOptions(
             frames=frames or HdOptions.frames,

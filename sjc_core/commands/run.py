@@ -19,9 +19,9 @@ def command(
     """Lift the recipe's 2D prior to a 3D field; writes views, checkpoints and a turntable."""
     import sys
 
-    from sjc_core import engine
     from sjc_core.commands.common import registry
-    from sjc_core.recipe import load_recipe
+    from sjc_core.recipes.recipe import load_recipe
+    from sjc_core.runs import engine
 
     loaded = load_recipe(recipe, registry(), set_ or [])
     folder = engine.RunFolder(run_dir or engine.default_run_dir(loaded))

@@ -91,9 +91,9 @@ def command(
 ) -> None:
     """Sample 2D images from a prior (Karras sampler or ascent with an estimator); writes PNGs and a grid."""
     from sjc_core.commands.common import registry
-    from sjc_core.errors import SjcError, did_you_mean
-    from sjc_core.estimator_recipe import KIND, with_paas
-    from sjc_core.recipe import MAX_SEED, MAX_SIGMA, shorten
+    from sjc_core.errors import SjcError, did_you_mean, shorten
+    from sjc_core.recipes.estimator_table import KIND, with_paas
+    from sjc_core.recipes.values import MAX_SEED, MAX_SIGMA
 
     problems = []
     if (recipe is None) == (prior is None):
@@ -148,7 +148,7 @@ def command(
 
 def _check_out(out: Path, overwrite: bool) -> None:
     from sjc_core.errors import SjcError
-    from sjc_core.recipe import check_output_folder
+    from sjc_core.recipes.model import check_output_folder
 
     if out.exists() and not out.is_dir():
         raise SjcError(f"--out: {out} is a file, expected a folder")
@@ -163,10 +163,10 @@ def _check_out(out: Path, overwrite: bool) -> None:
 # -- sampling and writing -------------------------------------------------------------------
 def generate(setup: Setup, settings: SampleSettings, out: Path, device_setting: str, overwrite: bool) -> dict[str, Any]:
     """Build the prior, draw the images batch by batch, write PNGs, the grid and the record."""
-    from sjc_core import artifacts
     from sjc_core.contracts import BuildContext
-
     from sjc_core.devices import resolve_device
+    from sjc_core.files import atomic
+    from sjc_core.files import pictures as files_pictures
 
     device = resolve_device(device_setting)
     prior = setup.info.factory(setup.options, BuildContext(device=device, base_dir=setup.base_dir, seed=settings.seed))
@@ -179,15 +179,15 @@ def generate(setup: Setup, settings: SampleSettings, out: Path, device_setting: 
     files = []
     for index, picture in enumerate(pictures):
         files.append(f"sample_{index:03d}.png")
-        artifacts.write_image(out / files[-1], picture)
-    artifacts.write_image(out / "grid.png", tile(pictures))
+        files_pictures.write_image(out / files[-1], picture)
+    files_pictures.write_image(out / "grid.png", tile(pictures))
     record: dict[str, Any] = {
         "method": settings.method, "n": settings.n, "seed": settings.seed, "steps": settings.steps,
         settings.method: method_record, "sigmas": [float(s) for s in sigmas],
         "prior": setup.prior_table, "source": setup.source, "device": str(device),
         "files": files, "grid": "grid.png", "image_size": list(pictures[0].shape[:2]),
     }
-    artifacts.write_text(out / "samples.json", json.dumps(record, indent=2) + "\n")  # last: marks a complete folder
+    atomic.write_text(out / "samples.json", json.dumps(record, indent=2) + "\n")  # last: marks a complete folder
     return record
 
 
@@ -201,14 +201,14 @@ def plan_sigmas(prior: Any, setup: Setup, settings: SampleSettings, device: Any 
     """
     import numpy as np
 
-    from sjc_core import sampling
     from sjc_core.contracts import BuildContext
     from sjc_core.errors import SjcError
-    from sjc_core.paas import default_sigma_range
+    from sjc_core.sampling import ladders
+    from sjc_core.training.paas import default_sigma_range
 
     try:
         if settings.method == SAMPLER:
-            sigmas = sampling.karras_schedule_for(prior, settings.steps, settings.sigma_min, settings.sigma_max, settings.rho)
+            sigmas = ladders.karras_schedule_for(prior, settings.steps, settings.sigma_min, settings.sigma_max, settings.rho)
             return sigmas, {
                 "rho": settings.rho, "s_churn": settings.churn, "s_min": settings.churn_min,
                 "s_max": settings.churn_max, "s_noise": settings.churn_noise,
@@ -255,9 +255,10 @@ def draw(prior: Any, estimator: Any, settings: SampleSettings, sigmas: Any, devi
     """
     import torch
 
-    from sjc_core import artifacts, sampling
     from sjc_core.errors import SjcError
-    from sjc_core.progress import Progress
+    from sjc_core.files import pictures as files_pictures
+    from sjc_core.runs.progress import Progress
+    from sjc_core.sampling import ladders, noise, samplers
 
     cond = prior.condition(None)
 
@@ -266,7 +267,7 @@ def draw(prior: Any, estimator: Any, settings: SampleSettings, sigmas: Any, devi
 
     n, size = settings.n, settings.batch_size
     shape = (prior.channels, prior.resolution, prior.resolution)
-    gens = sampling.generators_for(settings.seed, n)
+    gens = noise.generators_for(settings.seed, n)
     batches = [range(start, min(start + size, n)) for start in range(0, n, size)]
     per_batch = len(sigmas) - 1 if settings.method == SAMPLER else len(sigmas)
     bar = Progress(per_batch * len(batches), label=f"{settings.method} ")
@@ -279,15 +280,15 @@ def draw(prior: Any, estimator: Any, settings: SampleSettings, sigmas: Any, devi
                 bar.update(offset + done, f"images {rows.start + 1}-{rows.stop}/{n} sigma {sigma:.4g}")
 
             if settings.method == SAMPLER:
-                start = sampling.randn((len(rows), *shape), torch.zeros((), device=device), batch_gens) * float(sigmas[0])
-                result = sampling.sample_heun(
+                start = noise.randn((len(rows), *shape), torch.zeros((), device=device), batch_gens) * float(sigmas[0])
+                result = samplers.sample_heun(
                     denoise, start, sigmas, s_churn=settings.churn, s_min=settings.churn_min, s_max=settings.churn_max,
-                    s_noise=settings.churn_noise, snap=sampling.ladder_snapper(prior.sigmas), generator=batch_gens,
+                    s_noise=settings.churn_noise, snap=ladders.ladder_snapper(prior.sigmas), generator=batch_gens,
                     callback=tick,
                 )
             else:
                 start = torch.zeros((len(rows), *shape), device=device)
-                result = sampling.estimator_ascent(
+                result = samplers.estimator_ascent(
                     estimator, prior, start, sigmas, cond, lr=settings.lr, generator=batch_gens, callback=tick
                 )
             if not bool(torch.isfinite(result).all()):
@@ -295,7 +296,7 @@ def draw(prior: Any, estimator: Any, settings: SampleSettings, sigmas: Any, devi
                     f"sample: images {rows.start}-{rows.stop - 1} became NaN or Inf (try a smaller sigma range or --lr)"
                 )
             with torch.no_grad():
-                pictures.extend(artifacts.to_uint8(rgb) for rgb in prior.to_rgb(result).float().cpu())
+                pictures.extend(files_pictures.to_uint8(rgb) for rgb in prior.to_rgb(result).float().cpu())
     finally:
         bar.close()
     return pictures
@@ -304,7 +305,7 @@ def tile(pictures: list[Any], pad: int = 2, min_tile: int = 128) -> Any:
     """uint8 pictures [H, W, 3] in a near-square grid on white, small ones enlarged (nearest)."""
     import numpy as np
 
-    from sjc_core.artifacts import upscale
+    from sjc_core.files.pictures import upscale
 
     height, width = pictures[0].shape[:2]
     factor = max(1, min_tile // max(height, width))

@@ -29,7 +29,7 @@ class Setup:
 
 
 def from_recipe(path: Path, sets: list[str], reg: Any, method: str) -> Setup:
-    from sjc_core.recipe import apply_override, read_toml, validate_recipe
+    from sjc_core.recipes.recipe import apply_override, read_toml, validate_recipe
 
     raw = read_toml(path)
     for assignment in sets:
@@ -54,8 +54,10 @@ def standalone(name: str, sets: list[str], reg: Any, method: str) -> Setup:
     from pydantic import ValidationError
 
     from sjc_core.errors import SjcError, did_you_mean
-    from sjc_core.estimator_recipe import pick_estimator
-    from sjc_core.recipe import PaasConfig, apply_override, format_errors
+    from sjc_core.recipes.error_lines import format_errors
+    from sjc_core.recipes.estimator_table import pick_estimator
+    from sjc_core.recipes.model import PaasConfig
+    from sjc_core.recipes.recipe import apply_override
 
     raw: dict[str, Any] = {"prior": {"name": name}}
     for assignment in sets:
@@ -115,9 +117,9 @@ def _method_tables(raw: dict[str, Any], method: str, sets: list[str]) -> None:
     otherwise its tables give way to the method's defaults and the ``--set estimator.*``
     (or, for paas, ``paas.*``) keys. ``--set estimator.name`` naming another estimator is an error.
     """
-    from sjc_core.errors import SjcError
-    from sjc_core.estimator_recipe import DEFAULT, LEGACY_TABLE, TABLE
-    from sjc_core.recipe import apply_override, shorten
+    from sjc_core.errors import SjcError, shorten
+    from sjc_core.recipes.estimator_table import DEFAULT, LEGACY_TABLE, TABLE
+    from sjc_core.recipes.recipe import apply_override
 
     if method == SAMPLER:
         return
@@ -149,7 +151,7 @@ def _check_prior(options: Any, base_dir: Path, source: str | None) -> None:
     """What building the prior checks first (folders, extras, weights), before anything is drawn."""
     from sjc_core.contracts import BuildContext
     from sjc_core.errors import SjcError
-    from sjc_core.recipe import preflight_problems
+    from sjc_core.recipes.preflight import preflight_problems
 
     problems = preflight_problems(options, BuildContext(base_dir=base_dir), "prior")
     if problems:

@@ -24,9 +24,10 @@ def command(
     ] = None,
 ) -> None:
     """Check a recipe (and what its run needs) and print it with every default filled in, as TOML."""
-    from sjc_core import toml_out
     from sjc_core.commands.common import registry
-    from sjc_core.recipe import check_ready, load_recipe
+    from sjc_core.recipes import toml_out
+    from sjc_core.recipes.preflight import check_ready
+    from sjc_core.recipes.recipe import load_recipe
 
     resolved = load_recipe(recipe, registry(), set_ or [])
     for note in check_ready(resolved):  # this machine lacks something the recipe is fine without
