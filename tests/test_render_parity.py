@@ -1,4 +1,4 @@
-"""Numerical parity with the reference voxel renderer (see shared/parity/README.md).
+"""Numerical parity with the reference voxel renderer (see tests/data/parity/README.md).
 
 The case file holds the reference's rays for four cameras, and for camera 0 and three
 density scenarios its image, depth, opacity, every sample weight, the emptiness loss and
@@ -9,7 +9,6 @@ here from the README's formulas (float64, rounded once to float32).
 from __future__ import annotations
 
 import functools
-import os
 from pathlib import Path
 
 import numpy as np
@@ -26,18 +25,14 @@ from sjc_core.render.view import render_rays, render_view
 SCENARIOS = ("init", "blob", "blob_carved")
 
 
-def _parity_file() -> Path:
-    folder = os.environ.get("SJC_PARITY_DIR")
-    base = Path(folder) if folder else Path(__file__).resolve().parents[1].parent / "shared" / "parity"
-    return base / "voxel_render_case.npz"
+# The authors' renderer's outputs (and their README), kept inside the repository so that
+# a plain clone runs these tests; the same files as shared/parity/ of the project.
+PARITY_CASE = Path(__file__).resolve().parent / "data" / "parity" / "voxel_render_case.npz"
 
 
 @pytest.fixture(scope="module")
 def case() -> dict[str, np.ndarray]:
-    path = _parity_file()
-    if not path.exists():
-        pytest.skip(f"parity case not found at {path} (set SJC_PARITY_DIR)")
-    with np.load(path, allow_pickle=False) as data:
+    with np.load(PARITY_CASE, allow_pickle=False) as data:
         return {key: data[key] for key in data.files}
 
 
