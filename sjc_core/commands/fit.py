@@ -40,7 +40,7 @@ def command(
     eval_every: Annotated[
         int, typer.Option(help="held-out PSNR during training every N steps, shown and logged (0: only at the end)")
     ] = 250,
-    device: Annotated[str, typer.Option(help="cpu, cuda or auto")] = "cpu",
+    device: Annotated[str, typer.Option(help="cpu, cuda, cuda:N or auto")] = "cpu",
     set_: Annotated[
         Optional[list[str]],
         typer.Option("--set", help="field option: field.KEY=VALUE or KEY=VALUE (repeatable), e.g. field.density_shift=-2"),
@@ -71,7 +71,7 @@ def command(
         subpixel=_positive("--subpixel", subpixel),
         video_frames=_non_negative("--video-frames", video_frames),
         eval_every=_non_negative("--eval-every", eval_every),
-        device=_choice("--device", device, ("cpu", "cuda", "auto")),
+        device=_device_setting(device),
         field_options=field_options,
     )
     out_dir = out if out is not None else Path("runs") / f"fit-{data_dir.resolve().name or 'data'}"
@@ -106,6 +106,15 @@ def _non_negative(name: str, value: float) -> float:
     if value < 0:
         raise SjcError(f"{name}: must be 0 or more, got {value}")
     return value
+
+
+def _device_setting(value: str) -> str:
+    from sjc_core.devices import check_device_setting
+
+    try:
+        return check_device_setting(value)
+    except ValueError as exc:
+        raise SjcError(f"--device: {exc} (got {value!r})") from None
 
 
 def _choice(name: str, value: str, choices: tuple[str, ...]) -> str:

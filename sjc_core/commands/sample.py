@@ -86,11 +86,12 @@ def command(
     churn_max: Annotated[float, typer.Option(help="karras: S_max, churn only at sigma <= this")] = 50.0,
     churn_noise: Annotated[float, typer.Option(help="karras: S_noise, scale of the churn noise")] = 1.003,
     lr: Annotated[float, typer.Option(help="estimators: Adamax learning rate on the image")] = 0.05,
-    device: Annotated[Optional[str], typer.Option(help="auto, cpu or cuda (default: the recipe's, else auto)")] = None,
+    device: Annotated[Optional[str], typer.Option(help="auto, cpu, cuda or cuda:N (default: the recipe's, else auto)")] = None,
     overwrite: Annotated[bool, typer.Option(help="replace the samples already in --out")] = False,
 ) -> None:
     """Sample 2D images from a prior (Karras sampler or ascent with an estimator); writes PNGs and a grid."""
     from sjc_core.commands.common import registry
+    from sjc_core.devices import DEVICE_CHOICES, check_device_setting
     from sjc_core.errors import SjcError, did_you_mean, shorten
     from sjc_core.recipes.estimator_table import KIND, with_paas
     from sjc_core.recipes.values import MAX_SEED, MAX_SIGMA
@@ -124,8 +125,11 @@ def command(
     for flag, value, low_ok, low_rule, high_ok, high_rule in checks:
         if not (low_ok and high_ok):
             problems.append(f"{flag}: must be {low_rule if not low_ok else high_rule} (got {shorten(value)})")
-    if device is not None and device not in ("auto", "cpu", "cuda"):
-        problems.append(f"--device: must be auto, cpu or cuda (got {shorten(device)})")
+    if device is not None:
+        try:
+            check_device_setting(device)
+        except ValueError:
+            problems.append(f"--device: must be {DEVICE_CHOICES} (got {shorten(device)})")
     if out is None:
         problems.append("--out: required: the folder that receives the images")
     if problems:

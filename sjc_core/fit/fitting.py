@@ -342,11 +342,9 @@ def _settings_json(settings: FitSettings) -> dict[str, Any]:
 
 
 def _device(setting: str) -> torch.device:
-    if setting == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if setting == "cuda" and not torch.cuda.is_available():
-        raise SjcError("--device: 'cuda' requested but no CUDA device is available")
-    return torch.device(setting)
+    from sjc_core.devices import resolve_device
+
+    return resolve_device(setting, where="--device")
 
 
 def _stderr(message: str) -> None:

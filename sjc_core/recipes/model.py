@@ -8,11 +8,12 @@ so the fields a user can set sit in one short module: each field's description i
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import pydantic
-from pydantic import BaseModel, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, field_validator, model_validator
 
+from sjc_core.devices import check_device_setting
 from sjc_core.errors import shorten
 from sjc_core.recipes.values import (
     MAX_AZIMUTH,
@@ -191,7 +192,9 @@ class RecipeModel(BaseModel):
     output: PathText = pydantic.Field(
         "runs", min_length=1, max_length=MAX_PATH_LENGTH, description="folder that receives run folders (not a file)"
     )
-    device: Literal["auto", "cpu", "cuda"] = pydantic.Field("auto", description="auto: cuda when available")
+    device: Annotated[Line, AfterValidator(check_device_setting)] = pydantic.Field(
+        "auto", description="auto (cuda when available), cpu, cuda or cuda:N (CUDA_VISIBLE_DEVICES numbers them)"
+    )
     view_every: Int = pydantic.Field(
         500, gt=0, le=MAX_STEPS, description="write a training view every N steps"
     )
