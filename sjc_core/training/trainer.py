@@ -40,14 +40,18 @@ class Components:
     device: torch.device
 
 
-def build_components(recipe: Recipe, device: torch.device) -> Components:
-    """Build prior, then the field sized by the prior's channels, then the losses."""
+def build_components(recipe: Recipe, device: torch.device, note: Callable[[str], None] | None = None) -> Components:
+    """Build prior, then the field sized by the prior's channels, then the losses; ``note``
+    hears what is being built before each (loading weights or compiling a kernel takes time)."""
+    say = note or (lambda line: None)
     ctx = BuildContext(device=device, base_dir=recipe.base_dir, seed=recipe.settings.seed)
+    say(f"loading the prior ({recipe.prior.info.name})...")
     prior = recipe.prior.info.factory(recipe.prior.options, ctx)
     field_ctx = replace(
         ctx, channels=prior.channels, value_range=prior.value_range,
         backdrop=getattr(prior, "plain_background", None),
     )
+    say(f"building the field ({recipe.field.info.name})...")
     field_module = recipe.field.info.factory(recipe.field.options, field_ctx).to(device)
     losses = [(choice.info.name, choice.info.factory(choice.options, ctx)) for choice in recipe.losses]
     for _, loss in losses:  # optional hook: losses that render views of their own (reference-view)
