@@ -332,7 +332,7 @@ def test_a_megabyte_of_invalid_text_is_echoed_as_a_cut(registry, workspace: Path
     raw = bases(workspace)["empirical+voxel"]
     raw["device"] = HUGE_TEXT
     (line,) = problems_of(raw, registry, workspace)
-    assert line.startswith(f"{SOURCE}: device: Input should be 'auto', 'cpu' or 'cuda' (got 'xxx")
+    assert line.startswith(f"{SOURCE}: device: must be auto, cpu, cuda or cuda:N (got 'xxx")
     assert line.endswith("…)") and len(line) < 160
 
 
@@ -367,11 +367,14 @@ def test_a_third_party_model_without_the_value_types_cannot_let_nan_or_bools_thr
 # ----------------------------------------------------------------------------- through the CLI
 
 
-def cli(args: list[str], cwd: Path, block: tuple[str, ...] = ()) -> tuple[int, str, str]:
-    """``sjc ARGS`` in a fresh interpreter; ``block`` makes those packages not importable."""
+def cli(args: list[str], cwd: Path, block: tuple[str, ...] = (), torch_report: Path | None = None) -> tuple[int, str, str]:
+    """``sjc ARGS`` in a fresh interpreter; ``block`` makes those packages not importable;
+    ``torch_report`` receives "True" or "False" at exit: whether torch was imported."""
     code = (
-        "import sys\n"
-        f"BLOCKED = {block!r}\n"
+        "import atexit, sys\n"
+        + (f"atexit.register(lambda: open({str(torch_report)!r}, 'w').write(str('torch' in sys.modules)))\n"
+           if torch_report else "")
+        + f"BLOCKED = {block!r}\n"
         "class Block:\n"
         "    def find_spec(self, name, path=None, target=None):\n"
         "        if name.split('.')[0] in BLOCKED:\n"
@@ -422,9 +425,19 @@ def test_cli_validate_deep_toml_and_missing_images(tmp_path: Path) -> None:
 def test_stable_diffusion_without_the_extras_is_one_line_with_the_install_command(tmp_path: Path) -> None:
     blocked = ("huggingface_hub", "diffusers", "transformers")
     rose = REPO / "recipes" / "rose.toml"
+    lines = {}
     for args in (["run", rose], ["validate", rose],
                  ["sample", "--prior", "stable-diffusion", "--set", "prior.prompt=a rose", "--out", tmp_path / "o"]):
-        code, _, err = cli(args, tmp_path, blocked)
-        line = one_line(code, err)
-        assert 'pip install "sjc[diffusers]"' in line and "prior.name: " in line, line
+        report = tmp_path / f"torch-{args[0]}.txt"
+        code, _, err = cli(args, tmp_path, blocked, torch_report=report)
+        line = lines[args[0]] = one_line(code, err)
+        assert line.endswith('pip install -e ".[diffusers]"') and "prior.name: " in line, line
+        if args[0] != "sample":  # run refuses as validate does: before torch is imported
+            assert report.read_text() == "False", args
+    # the same words from run and validate: the recipe's file, one package list, the README's install line
+    assert lines["run"] == lines["validate"]
+    assert lines["run"] == (
+        f"{rose}: prior.name: this prior needs the diffusers extra (diffusers, transformers, huggingface_hub "
+        'not installed): pip install -e ".[diffusers]"'
+    )
     assert not (tmp_path / "runs").exists() and not (tmp_path / "o").exists()

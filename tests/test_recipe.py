@@ -180,7 +180,7 @@ def test_guidance_scale_below_one(validate, recipe_file) -> None:
 
 def test_device_must_be_auto_cpu_or_cuda(validate, recipe_file) -> None:
     path = recipe_file(GOOD.replace('device = "cpu"', 'device = "tpu"'))
-    assert error_lines(*validate(path)) == [f"{path}: device: Input should be 'auto', 'cpu' or 'cuda' (got 'tpu')"]
+    assert error_lines(*validate(path)) == [f"{path}: device: must be auto, cpu, cuda or cuda:N (got 'tpu')"]
 
 
 def test_sigma_range_must_be_ordered(validate, recipe_file) -> None:
@@ -446,7 +446,7 @@ def test_a_plugin_model_with_plain_types_still_gets_no_nan_and_no_bool_numbers(v
 def test_long_values_are_cut_and_deep_nesting_is_one_line(validate, recipe_file) -> None:
     path = recipe_file(GOOD.replace('device = "cpu"', 'device = "' + "d" * 1_000_000 + '"'))
     (line,) = error_lines(*validate(path))
-    assert line.startswith(f"{path}: device: Input should be 'auto', 'cpu' or 'cuda' (got 'ddd")
+    assert line.startswith(f"{path}: device: must be auto, cpu, cuda or cuda:N (got 'ddd")
     assert line.endswith("…)") and len(line) < len(str(path)) + 140
     path = recipe_file(GOOD + "\n[extra]\nx = " + "[" * 1000 + "]" * 1000 + "\n", name="deep.toml")
     assert error_lines(*validate(path)) == [

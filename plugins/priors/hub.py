@@ -68,6 +68,9 @@ class HubOptions(BaseModel):
         return []
 
 
+INSTALL_EXTRA = 'pip install -e ".[diffusers]"'  # the README's line, run in the sjc folder
+
+
 def missing_extras() -> list[str]:
     """The packages of the ``diffusers`` extra that cannot be imported here (nothing is imported)."""
     missing = []
@@ -85,10 +88,9 @@ def require_extras() -> None:
     """One line, not a traceback, when diffusers, transformers or huggingface_hub is missing."""
     missing = missing_extras()
     if missing:
-        verb = "is" if len(missing) == 1 else "are"
         raise SjcError(
-            f"prior.name: this prior needs {', '.join(DIFFUSERS_EXTRA)}; {', '.join(missing)} {verb} not installed: "
-            'pip install "sjc[diffusers]"'
+            f"prior.name: this prior needs the diffusers extra ({', '.join(missing)} not installed): "
+            f"{INSTALL_EXTRA}"
         )
 
 

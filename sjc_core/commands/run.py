@@ -20,16 +20,24 @@ def command(
     import sys
 
     from sjc_core.commands.common import registry
+    from sjc_core.recipes.preflight import check_ready
     from sjc_core.recipes.recipe import load_recipe
-    from sjc_core.runs import engine
 
     loaded = load_recipe(recipe, registry(), set_ or [])
-    folder = engine.RunFolder(run_dir or engine.default_run_dir(loaded))
+    # validate's checks (extras installed, weights present, the device there), made before
+    # torch and the models load: a refusal comes in a second, worded as validate words it
+    for note in check_ready(loaded):
+        print(f"sjc: note: {note}", file=sys.stderr)
+    from sjc_core.runs.folder import RunFolder, default_run_dir
+
+    folder = RunFolder(run_dir or default_run_dir(loaded))
     if resume and folder.recipe.is_file() and folder.is_run():
         saved = load_recipe(folder.recipe, registry(), base_dir=loaded.base_dir)
         if saved.resolved() != loaded.resolved():
             print(f"sjc: note: resuming with the run's own {folder.recipe}, which differs from {recipe}", file=sys.stderr)
         loaded = saved
+    from sjc_core.runs import engine
+
     summary = engine.run(loaded, folder.root, resume=resume, resume_hint=resume_command(recipe, set_ or [], run_dir))
     if summary.state == "interrupted":
         raise typer.Exit(130)

@@ -2,7 +2,7 @@
 without building them (``sjc validate``, ``sjc batch`` planning, ``sjc sample``).
 
 Each options model may define ``preflight(ctx)``; its ``ctx.device`` is the recipe's
-device setting ('auto', 'cpu', 'cuda'), resolved by the check only if it needs a device
+device setting ('auto', 'cpu', 'cuda', 'cuda:N'), resolved by the check only if it needs a device
 (``sjc_core.devices.as_device``), so validating imports no torch.
 """
 
@@ -45,13 +45,13 @@ def ready_problems(recipe: Recipe, notes: list[str] | None = None) -> list[str]:
     places = [("prior", recipe.prior), ("field", recipe.field)]
     places += [(f"losses.{index}", choice) for index, choice in enumerate(recipe.losses)]
     places = [(where, choice) for where, choice in places if callable(getattr(choice.options, "preflight", None))]
-    if not places and recipe.settings.device != "cuda":
+    if not places and not recipe.settings.device.startswith("cuda"):
         return []  # nothing to ask
     from sjc_core.contracts import BuildContext
 
     problems: list[str] = []
     device = recipe.settings.device  # the setting: preflights resolve it only if they need to
-    if device == "cuda":  # a card that is not there stops the run: say so now
+    if device.startswith("cuda"):  # a card that is not there stops the run: say so now
         from sjc_core.devices import resolve_device
 
         try:
