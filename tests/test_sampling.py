@@ -387,3 +387,15 @@ def test_sjc_sample_with_tiny_diffusers_models(
     assert len(pictures) == 3 and all(p.shape == (size, size, 3) for p in pictures)
     assert record["image_size"] == [size, size] and (tmp_path / "out" / "grid.png").exists()
     assert not np.array_equal(pictures[0], pictures[1])  # each image has its own noise
+
+
+def test_sample_without_out_writes_under_runs_never_loose_in_the_working_folder(tmp_path: Path) -> None:
+    images = write_sample_images(tmp_path / "images", count=4, size=8)
+    work = tmp_path / "work"
+    work.mkdir()
+    code, stdout, stderr = run_sjc_command(
+        "sample", "--prior", "empirical", "--set", f"prior.images={images}", "--n", "1", "--steps", "2", cwd=work
+    )
+    assert code == 0, stderr
+    assert sorted(p.name for p in work.iterdir()) == ["runs"]
+    assert (work / "runs" / "samples-empirical" / "grid.png").is_file()

@@ -70,7 +70,7 @@ def command(
     n: Annotated[int, typer.Option("--n", help="number of images")] = 8,
     steps: Annotated[Optional[int], typer.Option(help="karras: noise levels (40); estimators: ascent steps (500)")] = None,
     seed: Annotated[Optional[int], typer.Option(help="seed (default: the recipe's, else 0)")] = None,
-    out: Annotated[Optional[Path], typer.Option(help="folder that receives the images")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="folder that receives the images (default: runs/samples-NAME)")] = None,
     batch_size: Annotated[int, typer.Option(help="images denoised together")] = 8,
     sigma_min: Annotated[
         Optional[float],
@@ -130,11 +130,10 @@ def command(
             check_device_setting(device)
         except ValueError:
             problems.append(f"--device: must be {DEVICE_CHOICES} (got {shorten(device)})")
-    if out is None:
-        problems.append("--out: required: the folder that receives the images")
     if problems:
         raise SjcError(*problems)
-    assert out is not None
+    if out is None:  # under runs/ like every other command's output, never loose in the working folder
+        out = Path("runs") / f"samples-{recipe.stem if recipe is not None else prior}"
     _check_out(out, overwrite)
 
     sets = set_ or []
