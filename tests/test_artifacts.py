@@ -13,14 +13,14 @@ def test_atomic_writes_get_the_umask_permissions_not_owner_only(tmp_path):
     try:
         from sjc_core.files import atomic
 
-        atomic._umask.cache_clear()
+        atomic.process_umask.cache_clear()
         path = write_text(tmp_path / "recipe.toml", "a = 1\n")
         assert stat.S_IMODE(path.stat().st_mode) == 0o640
         assert path.read_text() == "a = 1\n"
         assert [p.name for p in tmp_path.iterdir()] == ["recipe.toml"]  # no temporary left
     finally:
         os.umask(mask)
-        atomic._umask.cache_clear()
+        atomic.process_umask.cache_clear()
 
 
 def test_temporaries_are_recognisable_and_never_left_behind(tmp_path):
