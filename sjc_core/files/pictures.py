@@ -36,6 +36,35 @@ def depth_to_rgb(depth: torch.Tensor | np.ndarray, near: float | None = None, fa
     return to_uint8(np.clip(scaled, 0.0, 1.0))
 
 
+LEGEND_HEIGHT = 16
+
+
+def depth_legend(width: int, near: float, far: float, height: int = LEGEND_HEIGHT) -> np.ndarray:
+    """A grey ramp from near (bright, left) to far (dark, right), labelled with both
+    distances: the key under a depth panel, so its shades can be read as distances."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    ramp = np.linspace(1.0, 0.0, max(width, 1), dtype=np.float32)[None, :].repeat(height, axis=0)
+    canvas = Image.fromarray(to_uint8(ramp))
+    draw = ImageDraw.Draw(canvas)
+    try:
+        font = ImageFont.load_default(size=max(8, height - 4))
+    except TypeError:  # Pillow before 10.1: one bitmap size
+        font = ImageFont.load_default()
+    draw.text((2, 1), f"near {near:.2f}", fill=(0, 0, 0), font=font)
+    label = f"far {far:.2f}"
+    right = draw.textlength(label, font=font)
+    draw.text((max(width - right - 2, width // 2), 1), label, fill=(255, 255, 255), font=font)
+    return np.asarray(canvas)
+
+
+def with_legend(pane: np.ndarray, legend: np.ndarray) -> np.ndarray:
+    """``pane`` with ``legend`` under its right-hand part (where the depth panel is)."""
+    row = np.zeros((legend.shape[0], pane.shape[1], 3), dtype=np.uint8)
+    row[:, pane.shape[1] - legend.shape[1]:] = legend[:, : pane.shape[1]]
+    return np.concatenate([pane, row], axis=0)
+
+
 def side_by_side(*images: np.ndarray) -> np.ndarray:
     """Concatenate uint8 pictures horizontally, resizing each to the first one's height."""
     height = images[0].shape[0]

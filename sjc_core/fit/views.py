@@ -1,8 +1,10 @@
 """Pictures of a fitted field: held-out evaluation (PSNR and ground truth | render | depth
 pictures) and the turntable, all rendered past the fit's near plane.
 
-Split from :mod:`sjc_core.fit` so the training loop reads on its own; ``sjc fit`` and the
-benchmarks score fields with these functions.
+Apart from :mod:`sjc_core.fit.fitting` so the training loop reads on its own; ``sjc fit`` and
+the benchmarks score fields with these functions. Depth panels are drawn as the run's
+turntable draws them (:mod:`sjc_core.runs.turntable`): surface depth, one scale for all the
+views of an evaluation or a turntable, with its key.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from sjc_core.files import pictures
 from sjc_core.fit.datasets import PosedImages
 from sjc_core.fit.poses import camera_directions
 from sjc_core.render.cameras import orbit_path
+from sjc_core.runs.turntable import depth_range, picture_with_depth
 
 if TYPE_CHECKING:
     from sjc_core.fit.settings import FitSettings
@@ -50,8 +53,8 @@ def render_camera(
     subpixel: int = 1,
     near: float = 0.0,
     chunk_rays: int = 8192,
-) -> tuple[np.ndarray, np.ndarray]:
-    """A whole picture with the near plane: (rgb in [0, 1] [H, W, 3], depth [H, W]).
+) -> tuple[np.ndarray, torch.Tensor, torch.Tensor]:
+    """A whole picture with the near plane: (rgb in [0, 1] [H, W, 3], depth [H, W], opacity [H, W]).
 
     ``render_view`` has no near plane, so this builds the same rays and chunks itself.
     """
@@ -62,33 +65,39 @@ def render_camera(
     ro, rd = camera_rays(k, pose, height, width, subpixel)
     ro, rd = ro.to(device), rd.to(device)
     t_min, t_max = clipped_range(ro, rd, field_module.aabb, near)
-    images, depths = [], []
+    images, depths, opacities = [], [], []
     for s in range(0, ro.shape[0], chunk_rays):
         out = render_rays(field_module, ro[s : s + chunk_rays], rd[s : s + chunk_rays], t_min[s : s + chunk_rays], t_max[s : s + chunk_rays])
         images.append(out.image.float().cpu())
         depths.append(out.depth.float().cpu())
+        opacities.append(out.opacity.float().cpu())
     f = int(subpixel)
     image = torch.cat(images).view(height, f, width, f, -1).mean(dim=(1, 3))
     depth = torch.cat(depths).view(height, f, width, f).mean(dim=(1, 3))
-    return ((image + 1.0) / 2.0).clamp(0.0, 1.0).numpy(), depth.numpy()
+    opacity = torch.cat(opacities).view(height, f, width, f).mean(dim=(1, 3))
+    return ((image + 1.0) / 2.0).clamp(0.0, 1.0).numpy(), depth, opacity
 
 
 def evaluate(
     field_module: torch.nn.Module, data: PosedImages, subpixel: int, near: float, folder: Path | None
 ) -> dict[str, Any]:
     """PSNR per view and of the pooled error; with ``folder``, write ground truth | render | depth."""
-    errors = []
+    errors, renders = [], []
     k = data.intrinsics()
     for index in range(len(data)):
-        rgb, depth = render_camera(field_module, k, data.c2w[index], data.height, data.width, subpixel, near)
+        rgb, depth, opacity = render_camera(field_module, k, data.c2w[index], data.height, data.width, subpixel, near)
         errors.append(float(np.mean((rgb - data.images[index]) ** 2)))
         if folder is not None:
-            factor = max(1, VIDEO_MIN_SIZE // max(data.height, 1))
-            picture = pictures.side_by_side(
-                pictures.to_uint8(data.images[index]), pictures.to_uint8(rgb), _depth_picture(depth)
-            )
-            stem = Path(data.names[index]).with_suffix("").as_posix().replace("/", "_")
-            pictures.write_image(folder / f"{index:03d}_{stem}.png", pictures.upscale(picture, factor))
+            renders.append((index, rgb, depth, opacity))
+    shared = depth_range([r[2] for r in renders], [r[3] for r in renders])  # one depth scale for all views
+    for index, rgb, depth, opacity in renders:
+        truth = pictures.to_uint8(data.images[index])
+        panel = picture_with_depth(pictures.to_uint8(rgb), depth, opacity, VIDEO_MIN_SIZE, shared)
+        factor = panel.shape[1] // (2 * data.width)  # ground truth enlarged as the render beside it
+        row = np.zeros((panel.shape[0] - data.height * factor, data.width * factor, 3), dtype=np.uint8)
+        picture = np.concatenate([np.concatenate([pictures.upscale(truth, factor), row], axis=0), panel], axis=1)
+        stem = Path(data.names[index]).with_suffix("").as_posix().replace("/", "_")
+        pictures.write_image(folder / f"{index:03d}_{stem}.png", picture)
     return {"psnr": psnr(float(np.mean(errors))), "per_view": [round(psnr(e), 3) for e in errors]}
 
 
@@ -105,19 +114,10 @@ def turntable(
     directions, radii = camera_directions(data.c2w)
     elevation = float(np.degrees(np.arcsin(np.clip(np.median(directions[:, 1]), -1.0, 1.0))))
     poses = orbit_path(float(np.median(radii)), elevation, settings.video_frames)
-    factor = max(1, VIDEO_MIN_SIZE // max(data.height, 1))
     k = data.intrinsics()
-    frames = []
-    for pose in poses:
-        rgb, depth = render_camera(field_module, k, pose, data.height, data.width, settings.subpixel, near)
-        frames.append(pictures.upscale(pictures.side_by_side(pictures.to_uint8(rgb), _depth_picture(depth)), factor))
+    views = [render_camera(field_module, k, pose, data.height, data.width, settings.subpixel, near) for pose in poses]
+    shared = depth_range([depth for _, depth, _ in views], [opacity for _, _, opacity in views])
+    frames = [
+        picture_with_depth(pictures.to_uint8(rgb), depth, opacity, VIDEO_MIN_SIZE, shared) for rgb, depth, opacity in views
+    ]
     return pictures.write_video(path, frames, fps=settings.fps, warn=warn)
-
-
-def _depth_picture(depth: np.ndarray) -> np.ndarray:
-    from sjc_core.render.composite import BACKGROUND_DEPTH
-
-    foreground = depth[depth < BACKGROUND_DEPTH * 0.99]
-    near = float(foreground.min()) if foreground.size else 0.0
-    far = float(foreground.max()) if foreground.size else BACKGROUND_DEPTH
-    return pictures.depth_to_rgb(np.minimum(depth, far), near=near, far=far)

@@ -25,26 +25,52 @@ if TYPE_CHECKING:
     from sjc_core.training.trainer import CameraPlan, Components
 
 
-def depth_panel(depth: torch.Tensor, opacity: torch.Tensor | None = None) -> np.ndarray:
+DepthRange = tuple[float, float]
+
+
+def surface_depth(depth: torch.Tensor, opacity: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(surface depth, opacity, seen) on the CPU: a pixel's depth mixes its surface with the
+    background at ``BACKGROUND_DEPTH``; ``(depth - (1 - opacity) * BACKGROUND_DEPTH) / opacity``
+    recovers the surface's own, meaningful where the pixel is at least 10 % opaque (seen)."""
+    d = depth.detach().float().cpu()
+    alpha = opacity.detach().float().cpu().clamp(0, 1)
+    surface = (d - (1 - alpha) * BACKGROUND_DEPTH) / alpha.clamp(min=1e-6)
+    return surface, alpha, alpha >= 0.1
+
+
+def depth_range(depths: list[torch.Tensor], opacities: list[torch.Tensor]) -> DepthRange | None:
+    """One near/far for a set of views (2nd and 98th percentile of every seen pixel's surface
+    depth), so that a shade means the same distance in every frame; None when nothing is seen."""
+    seen_depths = []
+    for depth, opacity in zip(depths, opacities):
+        surface, _, seen = surface_depth(depth, opacity)
+        seen_depths.append(surface[seen])
+    values = torch.cat(seen_depths) if seen_depths else torch.zeros(0)
+    if values.numel() < 2:
+        return None
+    if values.numel() > 1_000_000:  # quantile's limit; an even subsample gives the same percentiles
+        values = values[:: values.numel() // 1_000_000 + 1]
+    near, far = (float(torch.quantile(values, q)) for q in (0.02, 0.98))
+    return near, max(far, near + 1e-6)
+
+
+def depth_panel(depth: torch.Tensor, opacity: torch.Tensor | None = None, shared: DepthRange | None = None) -> np.ndarray:
     """The depth map as a grey picture of the object's shape: near bright, far dark.
 
-    A pixel's depth mixes its surface with the background at ``BACKGROUND_DEPTH``; with the
-    opacity, ``(depth - (1 - opacity) * BACKGROUND_DEPTH) / opacity`` recovers the surface's
-    own depth, the grey scale spans the object's depth range (2nd to 98th percentile of
-    pixels at least 10 % opaque) and transparent pixels fade to black. Without the opacity,
-    the range is that of the pixels nearer than half the background's depth.
+    With the opacity, the grey scale spans ``shared`` (one range for a whole turntable or
+    evaluation, from :func:`depth_range`) or this view's own range, over the surface depths
+    of :func:`surface_depth`, and transparent pixels fade to black. Without the opacity, the
+    range is that of the pixels nearer than half the background's depth.
     """
-    d = depth.detach().float().cpu()
     if opacity is None:
-        near, far = object_depth_range(d)
-        return files_pictures.depth_to_rgb(d, near, far)
-    alpha = opacity.detach().float().cpu().clamp(0, 1)
-    seen = alpha >= 0.1
-    if int(seen.sum()) < 2:
-        return files_pictures.depth_to_rgb(torch.zeros_like(d), 0.0, 1.0)  # nothing there: black
-    surface = (d - (1 - alpha) * BACKGROUND_DEPTH) / alpha.clamp(min=1e-6)
-    near, far = (float(torch.quantile(surface[seen], q)) for q in (0.02, 0.98))
-    shade = (1 - (surface - near) / max(far - near, 1e-6)).clamp(0, 1) * alpha * seen
+        near, far = object_depth_range(depth.detach().float().cpu())
+        return files_pictures.depth_to_rgb(depth.detach().float().cpu(), near, far)
+    surface, alpha, seen = surface_depth(depth, opacity)
+    limits = shared or depth_range([depth], [opacity])
+    if limits is None:
+        return files_pictures.depth_to_rgb(torch.zeros_like(surface), 0.0, 1.0)  # nothing there: black
+    near, far = limits
+    shade = (1 - (surface - near) / (far - near)).clamp(0, 1) * alpha * seen
     return files_pictures.to_uint8(shade.numpy())
 
 
@@ -59,15 +85,31 @@ def object_depth_range(depth: torch.Tensor) -> tuple[float | None, float | None]
     return (near, far) if far > near else (None, None)
 
 
-def view_picture(
-    prior: Prior, scored: torch.Tensor, depth: torch.Tensor, opacity: torch.Tensor | None = None, height: int = 256
+def picture_with_depth(
+    rgb: np.ndarray, depth: torch.Tensor, opacity: torch.Tensor, height: int = 256, shared: DepthRange | None = None
 ) -> np.ndarray:
-    """The prior's picture beside the depth panel (:func:`depth_panel`), enlarged for viewing."""
+    """A picture beside its depth panel, enlarged for viewing, with the depth's key underneath
+    (near and far of ``shared``, or of this view alone)."""
+    limits = shared or depth_range([depth], [opacity])
+    pane = files_pictures.side_by_side(rgb, depth_panel(depth, opacity, limits))
+    factor = max(1, height // pane.shape[0])
+    pane = files_pictures.upscale(pane, factor)
+    width = pane.shape[1] - pane.shape[1] // 2
+    legend = (
+        files_pictures.depth_legend(width, *limits) if limits is not None
+        else np.zeros((files_pictures.LEGEND_HEIGHT, width, 3), dtype=np.uint8)  # same frame size
+    )
+    return files_pictures.with_legend(pane, legend)
+
+
+def view_picture(
+    prior: Prior, scored: torch.Tensor, depth: torch.Tensor, opacity: torch.Tensor, height: int = 256,
+    shared: DepthRange | None = None,
+) -> np.ndarray:
+    """The prior's picture of ``scored`` beside the depth panel (:func:`picture_with_depth`)."""
     with torch.no_grad():
         rgb = files_pictures.to_uint8(prior.to_rgb(scored)[0])
-    pane = files_pictures.side_by_side(rgb, depth_panel(depth, opacity))
-    factor = max(1, height // pane.shape[0])
-    return files_pictures.upscale(pane, factor)
+    return picture_with_depth(rgb, depth, opacity, height, shared)
 
 
 def render_turntable(
@@ -79,13 +121,14 @@ def render_turntable(
     subpixel: int = 1,
     on_frame: Callable[[int, int], None] | None = None,
 ) -> tuple[Path, list[np.ndarray]]:
-    """Render the recipe's test path and write the video (picture beside depth)."""
+    """Render the recipe's test path and write the video (picture beside depth, every frame's
+    depth on one scale, with its key)."""
     camera = recipe.settings.camera
     if frames is not None:
         camera = camera.model_copy(update={"test_frames": frames})
     size = plan.render_size
     K = intrinsics(camera.test_fov, size, size)
-    pictures = []
+    views = []
     parts.field.eval()
     poses = test_path(camera, plan.radius)
     with torch.no_grad():
@@ -94,9 +137,12 @@ def render_turntable(
             scored = render.image[None]
             if size != parts.prior.resolution:
                 scored = F.interpolate(scored, size=(parts.prior.resolution,) * 2, mode="bilinear", align_corners=False)
-            pictures.append(view_picture(parts.prior, scored, render.depth, render.opacity))
+            rgb = files_pictures.to_uint8(parts.prior.to_rgb(scored)[0])
+            views.append((rgb, render.depth.float().cpu(), render.opacity.float().cpu()))
             if on_frame:
                 on_frame(index + 1, len(poses))
     parts.field.train()
+    shared = depth_range([depth for _, depth, _ in views], [opacity for _, _, opacity in views])  # one scale
+    pictures = [picture_with_depth(rgb, depth, opacity, shared=shared) for rgb, depth, opacity in views]
     written = files_pictures.write_video(out_path, pictures, fps=camera.fps)
     return written, pictures
