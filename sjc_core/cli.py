@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import sys
+from typing import Any
 
 import typer
 
@@ -42,11 +43,31 @@ def _add_plugin_commands(app: typer.Typer) -> None:
         manager.hook.register_commands(cli=app)
 
 
+def _no_type_on_switches(command: Any) -> None:
+    """Show switches (``--resume/--no-resume``, ``--help``) without the ``<bool>`` type that
+    typer's help lists beside them: they take no value, so a type there misleads."""
+    for param in getattr(command, "params", []):
+        if getattr(param, "is_flag", False) and getattr(param, "metavar", "") is None:
+            param.metavar = ""
+    make_help_option = command.get_help_option
+
+    def help_option(ctx: Any) -> Any:
+        option = make_help_option(ctx)
+        if option is not None:
+            option.metavar = ""
+        return option
+
+    command.get_help_option = help_option
+    for sub in getattr(command, "commands", {}).values():
+        _no_type_on_switches(sub)
+
+
 def main() -> None:
     """Console-script entry point."""
     try:
-        app = build_app()
-        app()
+        command = typer.main.get_command(build_app())
+        _no_type_on_switches(command)
+        command()
     except SjcError as exc:
         for line in exc.problems or [str(exc)]:
             print(f"error: {line}", file=sys.stderr)

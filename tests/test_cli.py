@@ -49,6 +49,17 @@ def test_help_of_a_command(run_sjc, toy_plugins_env) -> None:
     assert "--set" in out and "recipe" in out.lower() and "KEY=VALUE" in out
 
 
+@pytest.mark.parametrize("command", [[], ["run"], ["render"], ["export-mesh"], ["batch"]])
+def test_switches_are_listed_without_a_type(run_sjc, command: list[str]) -> None:
+    """``--help`` and ``--resume/--no-resume`` take no value: no ``<bool>`` beside them."""
+    code, out, err = run_sjc(*command, "--help", env={"COLUMNS": "200"})
+    assert code == 0, err
+    help_line = next(line for line in out.splitlines() if "--help" in line and "Show this message" in line)
+    assert "<" not in help_line, help_line
+    assert "<bool>" not in out
+    assert "<path>" in out or not command  # options that take a value keep their type
+
+
 def test_unknown_command_is_a_usage_error(run_sjc, toy_plugins_env) -> None:
     code, _, err = run_sjc("frobnicate", env=toy_plugins_env)
     assert code == 2
