@@ -375,6 +375,14 @@ def test_cli_writes_textured_files_with_clean_up_counts(ball_run: Path, run_sjc)
     assert err.index("clean-up") < err.index("unwrap") < err.index("export-mesh texture")
     loaded = trimesh.load(folder / "textured.obj", force="mesh", process=False)
     assert isinstance(loaded.visual, trimesh.visual.TextureVisuals) and len(loaded.faces) <= 2000
+    # the summary says what is true of the files: watertight geometry, seam-split vertices
+    glb = trimesh.load(folder / "textured.glb", force="mesh", process=False)
+    welded = glb.copy()
+    welded.merge_vertices(merge_tex=True, merge_norm=True)
+    assert not glb.is_watertight and welded.is_watertight
+    split = re.search(r"geometry watertight; the textured files split it into (\d+) vertices along UV seams", out)
+    assert split is not None, out
+    assert int(split.group(1)) == len(glb.vertices) > len(welded.vertices)
 
 
 @pytest.mark.parametrize(

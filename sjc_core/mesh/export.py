@@ -157,10 +157,15 @@ def export_run_mesh(
                 f"colours: {mode}, texture {texture}x{texture} ({baked.mesh.charts} charts, "
                 f"{baked.covered / texture**2:.0%} of texels on the surface{unseen})"
             )
-    vertex_note = f" ({len(baked.mesh.vertices)} with UV seams)" if texture is not None else ""
+    shape = "watertight" if closed else "open"
+    if texture is not None:  # what a viewer loading the files sees: seams split the vertices
+        shape = (
+            f"geometry {shape}; the textured files split it into {len(baked.mesh.vertices)} vertices along "
+            f"UV seams, so they load as open meshes (merge vertices by position to weld them)"
+        )
     return (
-        f"wrote {', '.join(str(p) for p in written)}: {len(result.vertices)} vertices{vertex_note}, "
-        f"{len(result.faces)} faces, {'watertight' if closed else 'open'}, {what}, "
+        f"wrote {', '.join(str(p) for p in written)}: {len(result.vertices)} vertices, "
+        f"{len(result.faces)} faces, {shape}, {what}, "
         + (f"{cleanup.summary()}, " if cleanup is not None else "")
         + f"threshold {result.threshold:.4g}{' (given)' if threshold is not None else ' (auto)'} "
         f"(density range {result.density_range[0]:.3g} .. {result.density_range[1]:.3g}), "
