@@ -286,6 +286,29 @@ def test_cli_offline_error_is_one_line(run_sjc, tmp_path: Path) -> None:
     assert not (tmp_path / "samples" / "samples.json").exists()
 
 
+def test_downloads_on_but_hub_unreachable_says_so_first(run_sjc, tmp_path: Path) -> None:
+    repo = Path(__file__).resolve().parents[1]
+    """With downloads on and the hub out of reach (a loopback port nobody listens on), the one
+    line leads with the unreachable hub, not with a config file the hub library could not get."""
+    import socket
+
+    with socket.socket() as probe:  # a free loopback port, closed again: connections are refused
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    endpoint = f"http://127.0.0.1:{port}"
+    env = {"HF_HUB_CACHE": str(tmp_path / "empty-cache"), "HF_ENDPOINT": endpoint, "HF_HUB_OFFLINE": None,
+           "SJC_ALLOW_DOWNLOAD": "1"}
+    code, _, err = run_sjc("run", repo / "recipes" / "rose.toml", "--run-dir", tmp_path / "run", env=env)
+    lines = [line for line in err.strip().splitlines() if line.startswith("error:")]
+    assert code == 2 and "Traceback" not in err
+    assert lines == [
+        f"error: prior.model: the Hugging Face hub ({endpoint}) could not be reached (Connection refused), and "
+        f"'stable-diffusion-v1-5/stable-diffusion-v1-5' is not in the local cache ({tmp_path / 'empty-cache'}); "
+        "connect this machine (or set HF_ENDPOINT to a mirror), or point prior.model at a local diffusers folder"
+    ]
+    assert not (tmp_path / "run").exists()
+
+
 @pytest.mark.slow  # a real `sjc run` subprocess: ~17 s of CPU, mostly imports
 def test_cli_run_with_a_cached_hub_id(run_sjc, eps_folder: Path, tmp_path: Path) -> None:
     """`sjc run` on the tiny model as the hub id 'tiny-org/tiny-sd', found in the cache, downloads off."""

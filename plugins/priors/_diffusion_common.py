@@ -31,6 +31,7 @@ from sjc_plugins.priors.hub import (  # noqa: F401 (re-exported for the priors)
     first_line,
     missing_extras,
     require_extras,
+    resolve_for_loading,
     resolve_source,
 )
 

@@ -174,6 +174,42 @@ def resolve_source(options: HubOptions, ctx: BuildContext, probes: Sequence[str]
     return source
 
 
+def hub_unreachable(timeout: float = 5.0) -> str | None:
+    """Why the hub endpoint (``HF_ENDPOINT``, else huggingface.co) takes no connection, or
+    None when it does: one TCP connect, so an offline machine hears it at once instead of
+    after the hub library's retries, and before a message about a missing config file."""
+    import socket
+    from urllib.parse import urlsplit
+
+    from huggingface_hub import constants
+
+    url = urlsplit(constants.ENDPOINT)
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        socket.create_connection((url.hostname or "", port), timeout=timeout).close()
+    except OSError as exc:
+        return exc.strerror or type(exc).__name__
+    return None
+
+
+def resolve_for_loading(options: HubOptions, ctx: BuildContext, probes: Sequence[str]) -> ModelSource:
+    """:func:`resolve_source`, and when the weights must come from the hub, a check that the
+    hub can be reached, so an offline machine is told that first."""
+    source = resolve_source(options, ctx, probes)
+    if source.local_folder or source.local_files_only or any(source.has_file(probe) for probe in probes):
+        return source
+    reason = hub_unreachable()
+    if reason is not None:
+        from huggingface_hub import constants
+
+        raise SjcError(
+            f"prior.model: the Hugging Face hub ({constants.ENDPOINT}) could not be reached ({reason}), and "
+            f"'{source.ref}' is not in the local cache ({hub_cache_dir()}); connect this machine (or set "
+            "HF_ENDPOINT to a mirror), or point prior.model at a local diffusers folder"
+        )
+    return source
+
+
 def first_line(exc: BaseException) -> str:
     text = str(exc).strip() or type(exc).__name__
     return text.splitlines()[0]

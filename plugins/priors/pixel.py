@@ -38,7 +38,7 @@ from sjc_plugins.priors._diffusion_common import (
     load_pretrained,
     load_scheduler,
     resolve_dtype,
-    resolve_source,
+    resolve_for_loading,
     square_size,
 )
 
@@ -115,7 +115,7 @@ def _unet_subfolders(source: Any) -> tuple[str | None, ...]:
 
 
 def build_pixel_prior(options: PixelOptions, ctx: BuildContext) -> PixelPrior:
-    source = resolve_source(options, ctx, probes=("unet/config.json", "config.json"))
+    source = resolve_for_loading(options, ctx, probes=("unet/config.json", "config.json"))
     from diffusers import UNet2DModel
 
     device = torch.device(ctx.device)

@@ -33,7 +33,7 @@ from sjc_plugins.priors._diffusion_common import (
     load_pretrained,
     load_scheduler,
     resolve_dtype,
-    resolve_source,
+    resolve_for_loading,
     square_size,
 )
 from sjc_plugins.priors._sd_placement import (
@@ -256,7 +256,7 @@ def assemble_stable_diffusion(
 
 
 def build_stable_diffusion(options: StableDiffusionOptions, ctx: BuildContext) -> StableDiffusionPrior:
-    source = resolve_source(options, ctx, probes=("unet/config.json",))
+    source = resolve_for_loading(options, ctx, probes=("unet/config.json",))
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
 

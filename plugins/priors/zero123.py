@@ -49,7 +49,7 @@ from sjc_plugins.priors._diffusion_common import (
     load_pretrained,
     load_scheduler,
     resolve_dtype,
-    resolve_source,
+    resolve_for_loading,
     square_size,
 )
 from sjc_plugins.priors._sd_placement import (
@@ -328,7 +328,7 @@ def assemble_zero123(
 
 def build_zero123(options: Zero123Options, ctx: BuildContext) -> Zero123Prior:
     picture = options.picture(ctx.base_dir)  # bad input is one line before any weight loads
-    source = resolve_source(options, ctx, probes=options.weight_probes)
+    source = resolve_for_loading(options, ctx, probes=options.weight_probes)
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPVisionModelWithProjection
 
