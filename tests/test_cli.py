@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
@@ -233,6 +234,19 @@ def test_validate_notes_weights_this_machine_lacks(run_sjc, tmp_path: Path) -> N
     assert tomllib.loads(out)["prior"]["prompt"] == "a DSLR photo of a rose"
     (note,) = [line for line in err.splitlines() if line.strip()]
     assert note.startswith("sjc: note: ") and "rose.toml: prior.model: " in note and "not in the local" in note
+    # sjc run stops on what validate notes, with the same words, before torch is imported
+    report = tmp_path / "torch-imported.txt"
+    script = (
+        "import atexit, sys\n"
+        f"atexit.register(lambda: open({str(report)!r}, 'w').write(str('torch' in sys.modules)))\n"
+        "from sjc_core.cli import main\n"
+        f"sys.argv = ['sjc', 'run', {str(REPO / 'recipes' / 'rose.toml')!r}]\n"
+        "main()\n"
+    )
+    env = sjc_env({"HF_HUB_CACHE": str(tmp_path / "empty-cache"), "SJC_ALLOW_DOWNLOAD": None})
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [note.replace("sjc: note: ", "error: ")]
+    assert report.read_text() == "False" and not (tmp_path / "runs").exists()
 
 
 def test_listed_option_types_are_plain(builtin_registry) -> None:

@@ -20,14 +20,17 @@ def command(
     import sys
 
     from sjc_core.commands.common import registry
+    from sjc_core.errors import SjcError
     from sjc_core.recipes.preflight import check_ready
     from sjc_core.recipes.recipe import load_recipe
 
     loaded = load_recipe(recipe, registry(), set_ or [])
     # validate's checks (extras installed, weights present, the device there), made before
-    # torch and the models load: a refusal comes in a second, worded as validate words it
-    for note in check_ready(loaded):
-        print(f"sjc: note: {note}", file=sys.stderr)
+    # torch and the models load: a refusal comes in a second, worded as validate words it.
+    # What validate only notes (weights this machine lacks) stops a run: refused here too.
+    missing = check_ready(loaded)
+    if missing:
+        raise SjcError(*missing)
     from sjc_core.runs.folder import RunFolder, default_run_dir
 
     folder = RunFolder(run_dir or default_run_dir(loaded))
