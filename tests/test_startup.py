@@ -35,3 +35,20 @@ def test_run_prints_its_start_up_block_before_the_first_step(run_sjc, tmp_path: 
     assert count > 4 * 12**3
     assert block[6] == f"field: voxel, {count:,} parameters"
     assert block[7] == "estimator: paas; losses: emptiness, center-depth; 4 steps"
+
+
+def test_device_line_names_the_card_and_its_memory(monkeypatch) -> None:
+    import torch
+
+    from sjc_core.runs.startup import device_line
+
+    class Properties:
+        name = "NVIDIA H100 80GB HBM3"
+        total_memory = 85_520_809_984
+
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda index: Properties)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    assert device_line(torch.device("cuda", 1)) == "device: cuda:1, NVIDIA H100 80GB HBM3, 79.6 GiB"
+    assert device_line(torch.device("cuda")) == "device: cuda:0, NVIDIA H100 80GB HBM3, 79.6 GiB"
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    assert device_line(torch.device("cpu")) == "device: cpu (2 threads)"
