@@ -102,8 +102,8 @@ from sjc_core.runs import engine
 marker = Path(sys.argv[1])
 build = engine.build_components
 
-def build_with_a_slow_step(recipe, device):
-    parts = build(recipe, device)
+def build_with_a_slow_step(recipe, device, note=None):
+    parts = build(recipe, device, note)
     calls = []
     def slow(render, progress):
         calls.append(1)
