@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from sjc_core.hookspecs import hookimpl
-from sjc_core.recipes.values import Flag, Float, Int
+from sjc_core.recipes.values import Flag, Float, Int, SetText
 
 if TYPE_CHECKING:
     from sjc_core.contracts import BuildContext
@@ -130,8 +130,10 @@ def check_grid_size(value: Any, max_voxels: int | None = None) -> int | list[int
         raise ValueError(expected)
     whole = []
     for size in sizes:
-        if isinstance(size, str) and size.strip().lstrip("+").isdigit():  # as typed after --set
+        if isinstance(size, SetText) and size.strip().lstrip("+").isdigit():  # as typed after --set
             size = int(size)
+        elif isinstance(size, str):  # quoted in a file: a string is never a number
+            raise ValueError(f"{expected} (not a string: write it without quotes)")
         if isinstance(size, float) and size.is_integer():
             size = int(size)
         if isinstance(size, bool) or not isinstance(size, int):

@@ -1,4 +1,4 @@
-"""Read one picture file into float pixels: the one reader behind posed image sets
+"""Read one picture file into float pixels (regular files of at most 512 MiB only): the one reader behind posed image sets
 (:func:`sjc_core.fit.datasets.read_image`) and image-to-3D's input picture.
 
 Every problem is one line naming the file: missing, not a file, unreadable or foreign,
@@ -14,6 +14,24 @@ from pathlib import Path
 import numpy as np
 
 from sjc_core.errors import SjcError
+from sjc_core.inputs import MAX_PICTURE_BYTES, check_regular
+
+
+def picture_shape(path: Path, where: str = "") -> tuple[int, int]:
+    """(height, width) of a picture from its header where the format allows (else by reading it)."""
+    import imageio.v3 as iio
+
+    at = f"{where}: {path}" if where else str(path)
+    check_regular(path, MAX_PICTURE_BYTES, "a picture", where)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            shape = iio.improps(path).shape
+    except Exception:  # noqa: BLE001 (imageio raises many types): the full read names the problem
+        shape = read_pixels(path, where).shape
+    if len(shape) < 2:
+        raise SjcError(f"{at}: expected a picture, got an array of shape {tuple(shape)}")
+    return int(shape[0]), int(shape[1])
 
 
 def read_pixels(path: Path, where: str = "") -> np.ndarray:
@@ -26,8 +44,11 @@ def read_pixels(path: Path, where: str = "") -> np.ndarray:
     at = f"{where}: {path}" if where else str(path)
     if not path.exists():
         raise SjcError(f"{at}: no such file")
+    if not path.is_file() and not path.is_dir():  # a FIFO or a device: never opened (it could block)
+        check_regular(path, MAX_PICTURE_BYTES, "a picture", where)
     if not path.is_file():
         raise SjcError(f"{at}: not a file")
+    check_regular(path, MAX_PICTURE_BYTES, "a picture", where)
     try:
         with warnings.catch_warnings():  # a failed read tries legacy plugins that warn about themselves
             warnings.simplefilter("ignore")

@@ -18,6 +18,7 @@ from typing import Any, Literal
 import numpy as np
 
 from sjc_core.errors import SjcError
+from sjc_core.inputs import MAX_TRANSFORMS_BYTES, read_regular
 
 Split = Literal["train", "val", "test"]
 
@@ -38,9 +39,10 @@ def transforms_path(folder: Path, split: Split = "train") -> Path | None:
 
 def read_transforms(path: Path) -> dict[str, Any]:
     """Parse and check a transforms file: ``camera_angle_x`` and frames of (file_path, 4x4 pose)."""
+    data = read_regular(path, MAX_TRANSFORMS_BYTES, "a transforms file")  # no FIFO, device or huge file
     try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
         raise SjcError(f"{path}: cannot read: {exc}") from None
     try:
         raw = json.loads(text)

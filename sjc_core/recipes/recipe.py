@@ -48,7 +48,8 @@ from sjc_core.recipes.estimator_table import (
 )
 from sjc_core.recipes.model import CameraConfig, PaasConfig, RecipeModel
 from sjc_core.recipes.plugin_choice import PluginChoice, validate_plugin
-from sjc_core.recipes.values import MAX_DEPTH, MAX_LOSSES
+from sjc_core.inputs import MAX_RECIPE_BYTES, read_regular
+from sjc_core.recipes.values import MAX_DEPTH, MAX_LOSSES, SetText, error_line
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -80,25 +81,30 @@ class Recipe:
 
 
 PLUGIN_TABLES = {"prior": "priors", "field": "fields"}
+UTF8_BOM = b"\xef\xbb\xbf"
 
 
 def read_toml(path: Path) -> dict[str, Any]:
-    """Parse a TOML file; a missing file, a syntax error or absurd nesting is a one-line SjcError."""
+    """Parse a TOML file; a missing, special or oversized file, a byte order mark, a syntax
+    error or absurd nesting is a one-line SjcError."""
+    if Path(path).is_dir():
+        raise SjcError(f"{path}: is a folder, expected a TOML recipe")
+    data = read_regular(Path(path), MAX_RECIPE_BYTES, "a recipe")
+    if data.startswith(UTF8_BOM):
+        raise SjcError(
+            f"{path}: starts with a UTF-8 byte order mark (BOM, bytes EF BB BF), which TOML does not allow; "
+            "save it as UTF-8 without BOM"
+        )
     try:
-        if not path.exists():
-            raise SjcError(f"{path}: no such file")
-        if path.is_dir():
-            raise SjcError(f"{path}: is a folder, expected a TOML recipe")
-        with path.open("rb") as handle:
-            data = tomllib.load(handle)
+        parsed = tomllib.loads(data.decode("utf-8"))
     except tomllib.TOMLDecodeError as exc:
         raise SjcError(f"{path}: TOML syntax error: {exc}") from None
     except RecursionError:
         raise SjcError(f"{path}: tables or arrays nested too deeply (at most {MAX_DEPTH} levels)") from None
-    except (OSError, UnicodeDecodeError, ValueError) as exc:  # ValueError: a NUL in the path
+    except (UnicodeDecodeError, ValueError) as exc:  # ValueError: a number past Python's 4300 digits
         raise SjcError(f"{path}: cannot read: {exc}") from None
-    check_depth(data, str(path))
-    return data
+    check_depth(parsed, str(path))
+    return parsed
 
 
 def check_depth(data: Any, source: str, limit: int = MAX_DEPTH) -> None:
@@ -137,17 +143,22 @@ def parse_value(text: str) -> Any:
     """The value of ``--set KEY=TEXT``, typed by the recipe's models.
 
     TOML arrays, inline tables and quoted strings are parsed (``[30, 60]``); any other text
-    is kept as typed and the model converts it, so ``12`` becomes an int for ``steps`` but
-    stays the string "12" for ``name``, and ``abc`` for ``steps`` is a validation error.
+    is kept as typed, marked :class:`~sjc_core.recipes.values.SetText`, and the model
+    converts it, so ``12`` becomes an int for ``steps`` but stays the string "12" for
+    ``name``, and ``abc`` for ``steps`` is a validation error. A quoted ``"12"`` stays a plain
+    string, which no number field accepts (as in a file). Numbers past the parser's limits
+    are refused as in a file.
     """
     try:
         value = tomllib.loads(f"v = {text}")["v"]
     except tomllib.TOMLDecodeError:
-        return text
+        return SetText(text)
     except RecursionError:
         raise SjcError(f"--set value {shorten(text)}: arrays nested too deeply (at most {MAX_DEPTH} levels)") from None
+    except ValueError as exc:  # an integer past Python's 4300-digit limit
+        raise SjcError(f"--set value {shorten(text)}: cannot read: {error_line(exc)}") from None
     check_depth(value, f"--set value {shorten(text)}")
-    return value if isinstance(value, (str, list, dict)) else text
+    return value if isinstance(value, (str, list, dict)) else SetText(text)
 
 
 def apply_override(raw: dict[str, Any], assignment: str) -> None:

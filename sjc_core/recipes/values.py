@@ -49,22 +49,49 @@ def error_line(exc: BaseException) -> str:
     return one_line(text.splitlines()[0])
 
 
+class SetText(str):
+    """Text typed after ``--set KEY=`` (or in a ``--sweep``): the model converts it.
+
+    ``--set steps=12`` arrives as the text "12" and must become the integer 12, while
+    ``steps = "12"`` quoted in a recipe file is a string and never an integer. The marker
+    tells the two apart; for every other purpose it is a plain ``str``.
+    """
+
+
+def _quoted_number(value: Any) -> bool:
+    """A string (not typed after --set) that would pass as a number: refused, never converted.
+
+    Other strings ('many') are left to the model, whose own message says they are no number.
+    """
+    if not isinstance(value, str) or isinstance(value, SetText):
+        return False
+    try:
+        float(value.strip()[:100])
+    except ValueError:
+        return False
+    return True
+
+
 def _whole_number(value: Any) -> Any:
     if isinstance(value, bool):
         raise PydanticCustomError("int_type", "Input should be a valid integer, not true or false")
+    if _quoted_number(value):
+        raise PydanticCustomError("int_type", "Input should be a valid integer, not a string (write it without quotes)")
     return value
 
 
 def _real_number(value: Any) -> Any:
     if isinstance(value, bool):
         raise PydanticCustomError("float_type", "Input should be a valid number, not true or false")
+    if _quoted_number(value):
+        raise PydanticCustomError("float_type", "Input should be a valid number, not a string (write it without quotes)")
     return value
 
 
 def _flag(value: Any) -> Any:
     if isinstance(value, bool):
         return value
-    if isinstance(value, str) and value.strip().lower() in ("true", "false"):  # as typed after --set
+    if isinstance(value, SetText) and value.strip().lower() in ("true", "false"):  # as typed after --set
         return value.strip().lower() == "true"
     raise PydanticCustomError("bool_type", "Input should be a valid boolean: true or false")
 
@@ -103,12 +130,13 @@ def _path_text(value: str) -> str:
     return value
 
 
-# Whole numbers: an int, a float without a fraction or digits typed after --set; never a bool.
+# Whole numbers: an int, a float without a fraction or digits typed after --set; never a bool,
+# never a quoted string.
 Int = Annotated[int, BeforeValidator(_whole_number)]
-# Real numbers: finite (no nan, inf, -inf) and never a bool.
+# Real numbers: finite (no nan, inf, -inf), never a bool, never a quoted string.
 Float = Annotated[float, BeforeValidator(_real_number), AllowInfNan(False)]
 FiniteFloat = Float
-# Switches: true or false (or the words, as typed after --set); never a number.
+# Switches: true or false (or the words, as typed after --set); never a number or a quoted string.
 Flag = Annotated[bool, BeforeValidator(_flag)]
 # Free text (prompts): no control characters but tab and newline. Give max_length in Field.
 Text = Annotated[str, AfterValidator(_text)]
