@@ -10,9 +10,10 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from sjc_core.errors import SjcError
+from sjc_core.fit.datasets import check_dataset_memory
 from sjc_core.fit.transforms import IMAGE_EXTENSIONS, read_transforms, resolve_image_path, transforms_path
 from sjc_core.hookspecs import hookimpl
-from sjc_core.recipes.values import MAX_PATH_LENGTH, Flag, Float, Int, PathText
+from sjc_core.recipes.values import MAX_PATH_LENGTH, Flag, Float, Int, PathText, SetText
 
 if TYPE_CHECKING:
     from sjc_core.contracts import BuildContext
@@ -78,7 +79,7 @@ class EmpiricalOptions(BaseModel):
         if isinstance(value, str) and value.strip().lower() == "auto":
             return "auto"
         number = value
-        if isinstance(value, str):
+        if isinstance(value, SetText):  # typed after --set; a quoted "2" in a file stays a string
             try:
                 number = float(value)
             except ValueError:
@@ -99,7 +100,8 @@ class EmpiricalOptions(BaseModel):
 
     def preflight(self, ctx: BuildContext) -> None:
         """What building the prior checks first: the folder exists and holds images or a
-        transforms file, and camera conditioning has cameras (nothing is read)."""
+        transforms file whose pictures fit in memory, and camera conditioning has cameras
+        (only the transforms file and the first picture's header are read)."""
         folder = Path(self.images).expanduser()
         if not folder.is_absolute():
             folder = Path(ctx.base_dir) / folder
@@ -111,6 +113,7 @@ class EmpiricalOptions(BaseModel):
         if transforms is not None:  # the cameras file parses and names images that exist (none is read)
             try:
                 frames = read_transforms(transforms)["frames"]
+                check_dataset_memory(folder, transforms, [file_path for file_path, _ in frames])  # one header read
             except SjcError as exc:
                 raise SjcError(*(f"prior.images: {problem}" for problem in exc.problems)) from None
             for index, (file_path, _) in enumerate(frames):

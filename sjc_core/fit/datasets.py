@@ -13,6 +13,7 @@ Every problem with the files is an :class:`~sjc_core.errors.SjcError` naming the
 from __future__ import annotations
 
 import math
+import os
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -22,7 +23,8 @@ from typing import Literal
 import numpy as np
 
 from sjc_core.errors import SjcError
-from sjc_core.files.pixels import read_pixels
+from sjc_core.files.pixels import picture_shape, read_pixels
+from sjc_core.inputs import size_text
 from sjc_core.fit.poses import Z_UP_TO_Y_UP, camera_directions, cameras_missing_box, normalize_poses
 from sjc_core.fit.transforms import Split, read_transforms, resolve_image_path, transforms_path
 
@@ -118,6 +120,7 @@ def load_posed_images(
     meta = read_transforms(path)
     fov_deg = math.degrees(meta["camera_angle_x"])
     frames = meta["frames"]
+    check_dataset_memory(folder, path, [file_path for file_path, _ in frames])
     poses = np.stack([pose for _, pose in frames])
     if z_up:
         poses = Z_UP_TO_Y_UP @ poses
@@ -140,6 +143,41 @@ def load_posed_images(
         if message:
             (warn or _stderr)(message)
     return data
+
+
+# Pictures of a posed set held in memory at once (float32 RGB, at their stored size, before
+# any resize): frames x height x width x 3 x 4 bytes may not pass this, nor half the RAM.
+MAX_DATASET_BYTES = 4 << 30
+
+
+def dataset_limit() -> int:
+    """:data:`MAX_DATASET_BYTES`, or half this machine's memory when that is less."""
+    try:
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return MAX_DATASET_BYTES
+    return min(MAX_DATASET_BYTES, memory // 2) if memory > 0 else MAX_DATASET_BYTES
+
+
+def check_dataset_memory(folder: Path, transforms: Path, file_paths: list[str], where: str = "") -> None:
+    """Refuse a set whose pictures would not fit in memory, before any is loaded (one line).
+
+    The size is that of the first picture (all pictures of a split share one, which loading
+    checks), read from its header; ``where`` (a recipe key) starts the line.
+    """
+    first = resolve_image_path(folder, file_paths[0])
+    if first is None:
+        return  # loading names the missing picture
+    height, width = picture_shape(first, where)
+    need = len(file_paths) * height * width * 3 * 4
+    limit = dataset_limit()
+    if need > limit:
+        prefix = f"{where}: " if where else ""
+        raise SjcError(
+            f"{prefix}{transforms}: {len(file_paths):,} frames of {width}x{height} pixels x 3 channels need "
+            f"{size_text(need)} of memory as float32; at most {size_text(limit)} may be loaded (fewer frames or "
+            "smaller pictures)"
+        )
 
 
 def blind_camera_warning(data: PosedImages, box_half: float) -> str | None:
