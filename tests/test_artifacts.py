@@ -131,3 +131,15 @@ def test_depth_panel_recovers_the_surface_depth_of_half_transparent_pixels():
     assert panel[3, 1] == 255 and panel[3, 6] == 0  # near bright, far dark: the range is the object's
     assert abs(panel[0, 0] - 128) <= 1  # near surface, faded by its opacity (not pushed to the far end)
     assert panel[7, 7] == 0
+
+
+def test_the_lock_file_is_there_while_held_and_gone_after(tmp_path):
+    from sjc_core.files.locks import LOCK_NAME, folder_lock, lock_holder
+
+    with folder_lock(tmp_path, "sjc test"):
+        assert (tmp_path / LOCK_NAME).is_file()
+        assert lock_holder(tmp_path) == f"pid {os.getpid()}, sjc test"
+    assert not (tmp_path / LOCK_NAME).exists() and lock_holder(tmp_path) is None
+    with folder_lock(tmp_path, "again"):  # and it can be taken again
+        assert lock_holder(tmp_path) == f"pid {os.getpid()}, again"
+    assert list(tmp_path.iterdir()) == []

@@ -35,6 +35,7 @@ def test_run_prints_its_start_up_block_before_the_first_step(run_sjc, tmp_path: 
     assert count > 4 * 12**3
     assert block[6] == f"field: voxel, {count:,} parameters"
     assert block[7] == "estimator: paas; losses: emptiness, center-depth; 4 steps"
+    assert not (run_dir / ".sjc.lock").exists()  # a finished folder keeps no empty lock file
 
 
 def test_device_line_names_the_card_and_its_memory(monkeypatch) -> None:

@@ -25,18 +25,13 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from sjc_core.batch import gallery
+from sjc_core.batch.folder import BATCH_FILE, LOG_DIR, check_batch_folder, open_log
 from sjc_core.batch.gallery import duration
 from sjc_core.batch.plan import Job
 from sjc_core.errors import SjcError
 from sjc_core.plugins import default_registry
 from sjc_core.recipes.recipe import read_toml, validate_recipe
 from sjc_core.runs.progress import format_seconds
-
-BATCH_FILE = "batch.json"
-
-
-LOG_DIR = "logs"
-
 
 STATES = ("finished", "running", "failed", "interrupted", "queued")
 
@@ -52,12 +47,10 @@ def execute_job(job: Job, out: str, tracker: Any = None) -> dict[str, Any]:
     if tracker is not None:
         tracker.started.remote(job.key)
     folder = engine.RunFolder(Path(out) / job.key)
-    log_path = Path(out) / LOG_DIR / f"{job.key}.log"
-    log_path.parent.mkdir(parents=True, exist_ok=True)
     began = time.perf_counter()
     resume = folder.root.exists()
     outcome: dict[str, Any] = {"resumed": resume, "node": os.uname().nodename}
-    with log_path.open("a", buffering=1) as log:
+    with open_log(Path(out), job.key) as log:
         print(f"--- {datetime.now(timezone.utc).isoformat(timespec='seconds')} {job.recipe} seed {job.seed}", file=log)
         try:
             if job.error or job.raw is None:
@@ -197,6 +190,20 @@ def run_batch(jobs: list[Job], options: BatchOptions, stream: TextIO | None = No
     Raises KeyboardInterrupt after saving when the user stopped the batch with Ctrl-C.
     """
     stream = stream or sys.stderr
+    out = options.out
+    check_batch_folder(out, [job.key for job in jobs])  # the rules of run and fit folders, before any write
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise SjcError(f"{out}: cannot create the batch folder ({exc.strerror or exc})") from None
+    from sjc_core.files.locks import folder_lock  # lazily, as write_text: Ray's tracker never needs it
+
+    with folder_lock(out, "sjc batch"):
+        check_batch_folder(out, [job.key for job in jobs])  # nobody can change it now
+        return _run_batch(jobs, options, stream)
+
+
+def _run_batch(jobs: list[Job], options: BatchOptions, stream: TextIO) -> dict[str, Any]:
     out = options.out
     use_ray = options.use_ray and (options.address is not None or ray_available())
     if options.use_ray and not use_ray:

@@ -9,6 +9,7 @@ from typing import Annotated, Optional
 import typer
 
 NAME = "batch"
+MAX_RESOURCES = 1e6  # GPUs or CPUs one run may reserve
 
 
 def command(
@@ -43,8 +44,9 @@ def command(
 
     if no_ray and address:
         raise SjcError("--no-ray and --address: choose one")
-    if gpus_per_run is not None and gpus_per_run < 0 or cpus_per_run <= 0:
-        raise SjcError("--gpus-per-run must be >= 0 and --cpus-per-run > 0")
+    if not (gpus_per_run is None or 0 <= gpus_per_run <= MAX_RESOURCES) or not 0 < cpus_per_run <= MAX_RESOURCES:
+        # NaN fails every comparison, inf the upper bound
+        raise SjcError(f"--gpus-per-run must be >= 0 and --cpus-per-run > 0, both finite and at most {MAX_RESOURCES:g}")
     if address and not runner.ray_available():
         raise SjcError(f"--address {address}: Ray is not installed; pip install -e '.[ray]'")
     out = out.expanduser().resolve()

@@ -36,6 +36,23 @@ class _PhaseBars:
         self.phase, self.bar = None, None
 
 
+MAX_THRESHOLD = 1e30  # a density no float32 field exceeds meaningfully
+
+
+def _check_options(run_dir: Path, threshold: Optional[float], out: Optional[Path]) -> None:
+    """A finite positive threshold and no link where the mesh goes, before anything is loaded."""
+    from sjc_core.commands.common import number_flag
+    from sjc_core.files import atomic
+    from sjc_core.runs.folder import refuse_run_links
+
+    if threshold is not None:
+        number_flag("--threshold", threshold, 0.0, MAX_THRESHOLD, low_open=True)
+    if Path(run_dir).is_dir():
+        refuse_run_links(Path(run_dir))
+        if out is not None:
+            atomic.check_no_links(out, Path(run_dir))
+
+
 def command(
     run_dir: Annotated[Path, typer.Argument(help="a run folder written by `sjc run`")],
     threshold: Annotated[
@@ -84,6 +101,7 @@ def command(
     from sjc_core.mesh.export import export_run_mesh
     from sjc_core.runs import engine
 
+    _check_options(run_dir, threshold, out)
     bars = _PhaseBars()  # progress on stderr; stdout gets only the report
     try:
         with engine.using_run(run_dir, "sjc export-mesh"):  # not while a run trains there

@@ -39,8 +39,36 @@ def command(
     """Render the turntable of a (finished or interrupted) run again, or with --hd its final high-resolution videos."""
     from sjc_core.runs import engine
 
+    _check_options(run_dir, frames, fps, decode_batch, chunk_rays, hd, out)
     with engine.using_run(run_dir, "sjc render"):  # not while a run trains there
         _render(run_dir, frames, subpixel, out, hd, resolution, fps, skip, decode_batch, chunk_rays)
+
+
+MAX_CHUNK_RAYS = 1 << 24  # rays rendered at once: some GB of samples already
+
+
+def _check_options(
+    run_dir: Path, frames: Optional[int], fps: Optional[int], decode_batch: int, chunk_rays: int, hd: bool,
+    out: Optional[Path],
+) -> None:
+    """The counts within their recipe keys' limits, and no link where the video goes, before
+    the run folder is locked or anything is built (one line each)."""
+    from sjc_core.commands.common import count_flag
+    from sjc_core.files import atomic
+    from sjc_core.recipes.values import MAX_FPS, MAX_TEST_FRAMES
+    from sjc_core.runs.folder import refuse_run_links
+
+    held = "every frame is held in memory until the video is written, as for camera.test_frames"
+    if frames is not None:
+        count_flag("--frames", frames, 1, MAX_TEST_FRAMES, held)
+    if fps is not None:
+        count_flag("--fps", fps, 1, MAX_FPS)
+    count_flag("--decode-batch", decode_batch, 1, MAX_TEST_FRAMES)
+    count_flag("--chunk-rays", chunk_rays, 256, MAX_CHUNK_RAYS)
+    if Path(run_dir).is_dir():
+        refuse_run_links(Path(run_dir), "render/hd" if hd else "render/turntable.mp4")
+        if out is not None:
+            atomic.check_no_links(out, Path(run_dir))  # only what lies inside the run folder
 
 
 def _render(

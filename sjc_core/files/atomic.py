@@ -7,6 +7,11 @@ removed (:func:`remove_stale_temps`, called once a folder's lock is taken).
 A write that fails (full disk, no permission, a file where a folder should be) raises
 :class:`WriteError`, a one-line :class:`~sjc_core.errors.SjcError` naming the file and the
 cause; the file it would have replaced is left as it was.
+
+Inside a folder this process holds (:func:`guarded`, entered by the folder lock) nothing is
+written through a symbolic link: a link where a subfolder or file of sjc's should be would
+send a video, a mesh or a truncation to a user's file elsewhere, so it is refused with
+:class:`LinkRefused` (one line naming the link) before anything is written.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from typing import Any, Iterator
 
 from sjc_core.errors import SjcError
 
+NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)  # open() flag: fail on a symbolic link instead of following it
 TEMP_PREFIX = ".sjc-tmp."  # every temporary file of an atomic write starts with this
 
 
@@ -37,6 +43,55 @@ class WriteError(SjcError):
         self.path = Path(path)
         self.errno = getattr(cause, "errno", None)
         super().__init__(f"{path}: cannot write ({os_cause(cause)})")
+
+
+class LinkRefused(SjcError):
+    """A symbolic link where sjc would write inside a folder it holds (deliberately not a
+    :class:`WriteError`: no fallback, such as a GIF for a video, may try again)."""
+
+    def __init__(self, link: Path) -> None:
+        self.link = Path(link)
+        super().__init__(
+            f"{link}: is a symbolic link; sjc does not write through links inside its folders "
+            "(remove the link, or choose another folder)"
+        )
+
+
+_GUARDED: list[Path] = []  # folders this process holds, absolute (links in them are not followed)
+
+
+@contextmanager
+def guarded(root: Path) -> Iterator[None]:
+    """While the block runs, writes under ``root`` refuse symbolic links (:func:`check_no_links`)."""
+    entry = Path(os.path.abspath(root))
+    _GUARDED.append(entry)
+    try:
+        yield
+    finally:
+        _GUARDED.remove(entry)
+
+
+def check_no_links(path: Path, root: Path | None = None) -> None:
+    """Refuse ``path`` when it, or a folder between ``root`` (else any guarded folder) and
+    it, is a symbolic link; the folder itself may be one (the user chose it)."""
+    target = Path(os.path.abspath(path))
+    roots = [Path(os.path.abspath(root))] if root is not None else list(_GUARDED)
+    for base in roots:
+        try:
+            parts = target.relative_to(base).parts
+        except ValueError:
+            continue
+        current = base
+        for part in parts:
+            current = current / part
+            if current.is_symlink():
+                raise LinkRefused(current)
+
+
+def refuse_links(root: Path, names: tuple[str, ...]) -> None:
+    """Refuse when any of ``names`` (paths relative to ``root``) is, or passes, a symbolic link."""
+    for name in names:
+        check_no_links(root / name, root)
 
 
 def os_cause(exc: BaseException) -> str:
@@ -72,6 +127,7 @@ def atomic_path(path: Path) -> Iterator[Path]:
     a plainly created file (0666 less the umask), not mkstemp's owner-only 0600, so run
     folders can be shared like any other output.
     """
+    check_no_links(path)  # before any folder is made
     try:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -105,9 +161,12 @@ def append_jsonl(path: Path, record: dict[str, Any]) -> None:
     only whole lines; the failure is a :class:`WriteError`.
     """
     line = memoryview((json.dumps(record) + "\n").encode("utf-8"))
+    check_no_links(path)
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | NOFOLLOW, 0o666)
     except OSError as exc:
+        if exc.errno == errno.ELOOP:  # a link made after the check
+            raise LinkRefused(path) from None
         raise WriteError(path, exc) from None
     try:
         size = os.fstat(fd).st_size

@@ -8,7 +8,8 @@ import json
 from pathlib import Path
 
 from sjc_core.errors import SjcError
-from sjc_core.files import locks
+from sjc_core.files import atomic, locks
+from sjc_core.inputs import MAX_STATE_BYTES, read_regular
 
 FIT_FILES = ("metrics.json", "field.safetensors", "train_log.jsonl", "turntable.mp4", "turntable.gif")
 HELDOUT = "heldout"
@@ -27,6 +28,8 @@ def check_fit_folder(out_dir: Path, overwrite: bool, locked: bool = False) -> No
     from sjc_core.runs.folder import check_target_folder
 
     choose = "choose another folder with --out"
+    if out_dir.is_dir():  # no link where a fit writes or truncates: refused before anything is
+        atomic.refuse_links(out_dir, (locks.LOCK_NAME, *FIT_FILES, HELDOUT))
     if not locked and out_dir.is_dir():
         holder = locks.lock_holder(out_dir)
         if holder is not None:
@@ -40,11 +43,11 @@ def check_fit_folder(out_dir: Path, overwrite: bool, locked: bool = False) -> No
 
 def _fit_summary(out_dir: Path) -> str:
     try:
-        metrics = json.loads((out_dir / "metrics.json").read_text())
+        metrics = json.loads(read_regular(out_dir / "metrics.json", MAX_STATE_BYTES))  # never a FIFO
         held = metrics.get("psnr_heldout")
         figure = f", held-out PSNR {held:.2f} dB" if isinstance(held, (int, float)) else ""
         return f" ({metrics['steps']} steps{figure})"
-    except (OSError, ValueError, KeyError, TypeError):
+    except (SjcError, ValueError, KeyError, TypeError):
         return " (unfinished)" if not (out_dir / "metrics.json").exists() else ""
 
 
@@ -53,7 +56,7 @@ def remove_earlier_fit(out_dir: Path) -> None:
     for name in FIT_FILES:
         (out_dir / name).unlink(missing_ok=True)
     heldout = out_dir / HELDOUT
-    if heldout.is_dir():
+    if heldout.is_dir() and not heldout.is_symlink():  # never remove pictures behind a link
         for picture in heldout.glob("[0-9][0-9][0-9]_*.png"):
             picture.unlink()
         try:

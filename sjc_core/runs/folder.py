@@ -25,8 +25,15 @@ from typing import TYPE_CHECKING, Any
 
 from sjc_core.errors import SjcError
 from sjc_core.files import atomic, locks
+from sjc_core.inputs import MAX_STATE_BYTES, read_regular
 from sjc_core.recipes.recipe import Recipe
-from sjc_core.runs.checkpoint import load_checkpoint, read_checkpoint_step, restore_state, save_checkpoint
+from sjc_core.runs.checkpoint import (
+    NonFiniteCheckpoint,
+    load_checkpoint,
+    read_checkpoint_step,
+    restore_state,
+    save_checkpoint,
+)
 
 if TYPE_CHECKING:
     from sjc_core.training.trainer import StepResult, Trainer
@@ -69,8 +76,8 @@ class RunFolder:
 
     def base_dir(self) -> Path | None:
         try:
-            return Path(json.loads(self.source.read_text())["base_dir"])
-        except (OSError, ValueError, KeyError, TypeError):
+            return Path(json.loads(read_regular(self.source, MAX_STATE_BYTES))["base_dir"])
+        except (SjcError, ValueError, KeyError, TypeError):
             return None
 
     def is_run(self) -> bool:
@@ -83,6 +90,17 @@ class RunFolder:
 
 
 RUN_STATES = ("running", "interrupted", "failed", "finished")
+# What sjc writes in a run folder (paths relative to it): none of them may be a symbolic link
+RUN_ENTRIES = (
+    locks.LOCK_NAME, "recipe.toml", "source.json", "status.json", "metrics.jsonl", "views",
+    "checkpoints/last.safetensors", "final", "render", "mesh",
+)
+
+
+def refuse_run_links(root: Path, *more: str) -> None:
+    """One line naming the first link among a run folder's entries (and ``more``), before
+    anything is written: sjc would otherwise write, or truncate, through it."""
+    atomic.refuse_links(root, RUN_ENTRIES + more)
 
 
 def default_run_dir(recipe: Recipe) -> Path:
@@ -91,11 +109,12 @@ def default_run_dir(recipe: Recipe) -> Path:
 
 
 def read_status(folder: RunFolder) -> dict[str, Any]:
+    """The status file, or {} when it is missing, unreadable or not sjc's (a FIFO, a huge file)."""
     if not folder.status.exists():
         return {}
     try:
-        status = json.loads(folder.status.read_text())
-    except (OSError, ValueError):
+        status = json.loads(read_regular(folder.status, MAX_STATE_BYTES))
+    except (SjcError, ValueError):
         return {}
     return status if isinstance(status, dict) else {}
 
@@ -187,6 +206,7 @@ def check_run_folder(folder: RunFolder, resume: bool, hint: str, locked: bool = 
         if resume:
             raise SjcError(f"{root}: nothing to resume (no run folder); run without --resume to start it")
         return FolderState(False, {})
+    refuse_run_links(root)
     if not locked:
         holder = locks.lock_holder(root)
         if holder is not None:
@@ -238,7 +258,13 @@ def check_run_folder(folder: RunFolder, resume: bool, hint: str, locked: bool = 
 
 
 def _restore(trainer: Trainer, folder: RunFolder, note: Callable[[str], None] | None = None) -> None:
-    snapshot = load_checkpoint(folder.checkpoint)
+    try:
+        snapshot = load_checkpoint(folder.checkpoint)
+    except NonFiniteCheckpoint as exc:  # sjc keeps one checkpoint: there is no earlier good one
+        raise SjcError(
+            f"{exc.problems[0]}; cannot resume from it, and sjc keeps no earlier checkpoint to fall back to; "
+            f"start a new run in another folder (--run-dir)"
+        ) from None
     restore_state(
         folder.checkpoint,
         snapshot,
@@ -248,29 +274,35 @@ def _restore(trainer: Trainer, folder: RunFolder, note: Callable[[str], None] | 
         trainer.noise_rng,
     )
     trainer.step = snapshot.step
-    _truncate_metrics(folder.metrics, snapshot.step, note)
+    record = snapshot.extra.get(RECORD_KEY)
+    _truncate_metrics(folder.metrics, snapshot.step, note, record if isinstance(record, dict) else None)
 
 
-def _truncate_metrics(path: Path, step: int, note: Callable[[str], None] | None = None) -> None:
+RECORD_KEY = "record"  # checkpoint extra: the metrics record of the checkpoint's own step
+
+
+def _truncate_metrics(
+    path: Path, step: int, note: Callable[[str], None] | None = None, record: dict[str, Any] | None = None
+) -> None:
     """Drop records after the checkpoint (a crash can log steps it never saved).
 
     A last line that is not JSON was cut off (a full disk, a kill mid-write): it alone is
-    dropped, with a note. Any other line that is not a record is a one-line error.
+    dropped, with a note. Any other line that is not a record is a one-line error. When the
+    checkpoint's own step has no record left, ``record`` (the one the checkpoint kept) is
+    written back, so no step's record is lost for good.
     """
     if not path.exists():
         return
-    try:
-        lines = path.read_bytes().decode("utf-8", errors="replace").split("\n")
-    except OSError as exc:
-        raise SjcError(f"{path}: cannot read ({atomic.os_cause(exc)})") from None
+    lines = read_regular(path, None).decode("utf-8", errors="replace").split("\n")
     last = max((i for i, line in enumerate(lines) if line.strip()), default=-1)
     kept = []
+    steps_kept = set()
     for index, line in enumerate(lines):
         if not line.strip():
             continue
         try:
-            record = json.loads(line)
-            record_step = record.get("step", 0)
+            parsed = json.loads(line)
+            record_step = parsed.get("step", 0)
             if not isinstance(record_step, int):
                 raise ValueError("no step")
         except (ValueError, AttributeError):
@@ -281,13 +313,35 @@ def _truncate_metrics(path: Path, step: int, note: Callable[[str], None] | None 
             raise SjcError(f"{path}:{index + 1}: not a metrics record; fix or delete that line, then resume again") from None
         if record_step <= step:
             kept.append(line)
+            steps_kept.add(record_step)
+    if record is not None and record.get("step") == step and step not in steps_kept:
+        kept.append(json.dumps(record))
+        if note is not None:
+            note(f"sjc: note: {path}: restored the record of step {step} from the checkpoint")
     atomic.write_text(path, "".join(line + "\n" for line in kept))
+
+
+def _last_record(path: Path, step: int) -> dict[str, Any] | None:
+    """The metrics file's last record when it is that of ``step`` (read from the end: cheap)."""
+    try:
+        with open(path, "rb") as handle:
+            size = handle.seek(0, 2)
+            handle.seek(max(0, size - 65536))
+            tail = handle.read().decode("utf-8", errors="replace").rstrip("\n").rsplit("\n", 1)[-1]
+        record = json.loads(tail)
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) and record.get("step") == step else None
 
 
 def _save(trainer: Trainer, folder: RunFolder) -> None:
     # run_info: what `sjc export-mesh` needs to rebuild the field without the prior
     from sjc_core.runs.checkpoint import describe_run
 
+    extra: dict[str, Any] = {"steps": trainer.recipe.settings.steps}
+    record = _last_record(folder.metrics, trainer.step) if folder.metrics.is_file() else None
+    if record is not None:  # restored on resume if the metrics file loses it (a cut-off line)
+        extra[RECORD_KEY] = record
     save_checkpoint(
         folder.checkpoint,
         trainer.step,
@@ -295,7 +349,7 @@ def _save(trainer: Trainer, folder: RunFolder) -> None:
         trainer.optimizer,
         trainer.camera_rng,
         trainer.noise_rng,
-        extra={"steps": trainer.recipe.settings.steps},
+        extra=extra,
         run_info=describe_run(trainer.parts.prior, trainer.plan.radius),
     )
 
