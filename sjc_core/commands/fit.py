@@ -11,6 +11,12 @@ from sjc_core.errors import SjcError
 
 NAME = "fit"
 
+MAX_BATCH_RAYS = 1 << 24  # rays per step: some GB of samples already
+MAX_SPARSITY = 1e6
+MAX_HOLDOUT = 100_000
+MAX_SUBPIXEL = 8  # as sjc render --subpixel
+MAX_SCALE = 1e6  # as the empirical prior's scale
+
 
 def command(
     data_dir: Annotated[Path, typer.Argument(help="folder with transforms_train.json / transforms.json and pictures")],
@@ -54,23 +60,30 @@ def command(
     field_options = _field_options(set_ or [])
     if grid_size is not None:
         field_options["grid_size"] = grid_size
+    from sjc_core.commands.common import count_flag, number_flag
+    from sjc_core.recipes.values import MAX_LR, MAX_RADIUS, MAX_RENDER_SIZE, MAX_SEED, MAX_STEPS, MAX_TEST_FRAMES
+
+    # every count and number within its recipe key's limits, finite, before any picture is read
     settings = FitSettings(
-        steps=_positive("--steps", steps),
-        lr=_positive("--lr", lr),
+        steps=count_flag("--steps", steps, 1, MAX_STEPS),
+        lr=number_flag("--lr", lr, 0.0, MAX_LR, low_open=True),
         optimizer=_choice("--optimizer", optimizer, ("adam", "adamax")),  # type: ignore[arg-type]
-        batch_rays=_positive("--batch-rays", batch_rays),
-        sparsity=float(_non_negative("--sparsity", sparsity)),
-        resolution=None if resolution is None else _positive("--resolution", resolution),
-        holdout=None if holdout is None else _non_negative("--holdout", holdout),
+        batch_rays=count_flag("--batch-rays", batch_rays, 1, MAX_BATCH_RAYS),
+        sparsity=number_flag("--sparsity", sparsity, 0.0, MAX_SPARSITY),
+        resolution=None if resolution is None else count_flag("--resolution", resolution, 1, MAX_RENDER_SIZE),
+        holdout=None if holdout is None else count_flag("--holdout", holdout, 0, MAX_HOLDOUT),
         z_up=z_up,
         scale=_scale(scale),
         center=center,
         background=_colour(background),
-        near=None if near is None else float(_non_negative("--near", near)),
-        seed=_non_negative("--seed", seed),
-        subpixel=_positive("--subpixel", subpixel),
-        video_frames=_non_negative("--video-frames", video_frames),
-        eval_every=_non_negative("--eval-every", eval_every),
+        near=None if near is None else number_flag("--near", near, 0.0, MAX_RADIUS),
+        seed=count_flag("--seed", seed, 0, MAX_SEED),
+        subpixel=count_flag("--subpixel", subpixel, 1, MAX_SUBPIXEL),
+        video_frames=count_flag(
+            "--video-frames", video_frames, 0, MAX_TEST_FRAMES,
+            "every frame is held in memory until the video is written, as for camera.test_frames",
+        ),
+        eval_every=count_flag("--eval-every", eval_every, 0, MAX_STEPS),
         device=_device_setting(device),
         field_options=field_options,
     )
@@ -96,18 +109,6 @@ def _field_options(assignments: list[str]) -> dict[str, object]:
     return options
 
 
-def _positive(name: str, value: float) -> float:
-    if not value > 0:
-        raise SjcError(f"{name}: must be positive, got {value}")
-    return value
-
-
-def _non_negative(name: str, value: float) -> float:
-    if value < 0:
-        raise SjcError(f"{name}: must be 0 or more, got {value}")
-    return value
-
-
 def _device_setting(value: str) -> str:
     from sjc_core.devices import check_device_setting
 
@@ -130,7 +131,9 @@ def _scale(text: str) -> float | str:
         value = float(text)
     except ValueError:
         raise SjcError(f"--scale: expected a positive number or 'auto', got {text!r}") from None
-    return _positive("--scale", value)
+    from sjc_core.commands.common import number_flag
+
+    return number_flag("--scale", value, 0.0, MAX_SCALE, low_open=True)
 
 
 def _colour(text: str) -> tuple[float, float, float]:
@@ -140,6 +143,6 @@ def _colour(text: str) -> tuple[float, float, float]:
         values = []
     if len(values) == 1:
         values *= 3
-    if len(values) != 3 or not all(0.0 <= v <= 1.0 for v in values):
+    if len(values) != 3 or not all(0.0 <= v <= 1.0 for v in values):  # NaN fails too
         raise SjcError(f"--background: expected R,G,B (or one grey value) in [0, 1], got {text!r}")
     return (values[0], values[1], values[2])
