@@ -252,11 +252,13 @@ def extract_mesh(field: Any, threshold: float | None = None, resolution: int | N
     ``probe_radius`` (falling back to ``ln 2 / voxel`` when no ray ends opaque).
     """
     grid = density_grid(field, resolution, progress=progress)
+    if not np.isfinite(grid.values).all():
+        raise SjcError("the field's density holds NaN or Inf values; no surface can be cut from it")
     level = threshold
     if level is None:
         level = surface_threshold(field, color_views(probe_radius, 8), progress=progress)
-    if level is None:
-        level = default_threshold(native_voxel(field, float(grid.spacing.mean())))
+        voxel = default_threshold(native_voxel(field, float(grid.spacing.mean())))
+        level = automatic_level(level, voxel, float(grid.values.max()))
     _report(progress, "marching cubes", 0, 1)
     vertices, faces, normals = marching_cubes(grid, float(level))
     _report(progress, "marching cubes", 1, 1)
@@ -267,6 +269,15 @@ def extract_mesh(field: Any, threshold: float | None = None, resolution: int | N
         raise SjcError(f"threshold: {level:.4g} leaves no surface; lower --threshold")
     return MeshResult(vertices, faces, normals, None, float(level),
                       (float(grid.values.min()), float(grid.values.max())))
+
+
+def automatic_level(probed: float | None, voxel_level: float, high: float) -> float:
+    """The automatic threshold: the probed level, else ``ln 2 / voxel``; either only when it
+    cuts the density (a young field's maximum can lie below both), else half the maximum."""
+    for level in (probed, voxel_level):
+        if level is not None and 0 < level < high:
+            return float(level)
+    return high / 2 if high > 0 else float(probed if probed is not None else voxel_level)
 
 
 def to_trimesh(result: MeshResult) -> Any:

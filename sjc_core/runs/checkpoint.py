@@ -29,10 +29,15 @@ from safetensors.torch import load_file, save_file
 
 from sjc_core.errors import SjcError
 from sjc_core.files.atomic import atomic_path
+from sjc_core.inputs import check_regular
 
 FIELD_PREFIX = "field."
 OPTIM_PREFIX = "optim."
 RUN_INFO_KEY = "run_info"
+
+
+class NonFiniteCheckpoint(SjcError):
+    """A checkpoint holds NaN or Inf: nothing rendered, exported or trained from it makes sense."""
 
 
 @dataclass
@@ -116,6 +121,10 @@ def save_checkpoint(
 
 
 def _read_header(path: Path) -> dict[str, str]:
+    try:
+        check_regular(path, None)  # a FIFO would block open() below
+    except SjcError as exc:
+        raise ValueError(exc.problems[0].removeprefix(f"{path}: ")) from None
     with open(path, "rb") as handle:
         header_len = int.from_bytes(handle.read(8), "little")
         if not 0 < header_len <= 100_000_000:
@@ -135,7 +144,12 @@ def read_checkpoint_step(path: Path) -> int | None:
 
 
 def load_checkpoint(path: Path) -> Snapshot:
-    """Read a checkpoint; a damaged or foreign file is a one-line SjcError."""
+    """Read a checkpoint; a damaged or foreign file, or one holding NaN or Inf, is one line.
+
+    Every tensor is checked for finite values here, once per load (render, export, resume),
+    so no command works on a broken state and calls it good; :class:`NonFiniteCheckpoint`.
+    """
+    check_regular(path, None, "a checkpoint")
     try:
         tensors = load_file(str(path))
         meta = _read_header(path)
@@ -173,6 +187,9 @@ def load_checkpoint(path: Path) -> Snapshot:
         run_info = _check_run_info(json.loads(meta[RUN_INFO_KEY])) if RUN_INFO_KEY in meta else None
     except (ValueError, TypeError) as exc:
         raise SjcError(f"{path}: damaged checkpoint metadata ({key}: {exc})") from None
+    bad = non_finite(tensors)
+    if bad is not None:
+        raise NonFiniteCheckpoint(f"{path}: holds NaN or Inf values (in {bad}); it is not a usable state")
     return Snapshot(
         step=step,
         field_state=field_state,
@@ -182,6 +199,14 @@ def load_checkpoint(path: Path) -> Snapshot:
         extra=extra,
         run_info=run_info,
     )
+
+
+def non_finite(tensors: dict[str, torch.Tensor]) -> str | None:
+    """The name of the first floating-point tensor with a NaN or Inf value, else None."""
+    for name, value in tensors.items():
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            return name
+    return None
 
 
 def _shape(shape: torch.Size) -> str:
