@@ -151,7 +151,7 @@ def test_eps_denoiser_matches_direct_guided_computation(eps_prior) -> None:
 
 
 def test_unconditional_is_the_negative_prompt_unguided(registry, eps_folder: Path, eps_prior) -> None:
-    """What ISM inverts with: one UNet branch on the negative prompt, no guidance."""
+    """unconditional(): one UNet branch on the negative prompt, no guidance (what ISM inverts with under inversion_condition = "unconditional")."""
     empty = eps_prior.unconditional()
     assert empty.prompt == "" and empty.uncond is None and eps_prior.unconditional() is empty
     torch.testing.assert_close(empty.embedding, direct_text(eps_prior, ""))

@@ -3,7 +3,7 @@
 LucidDreamer replaces SDS's random noise with a deterministic DDIM trajectory: the render
 is lightly noised (at the lowest level it starts from), inverted by DDIM steps up to a level
 s, stepped once more to t > s, and the update is the difference of the noise predictions
-at the two ends, ``w(t) (eps_cond(x_t, t) - eps_uncond(x_s, s))`` with
+at the two ends, ``w(t) (eps_cond(x_t, t) - eps_inv(x_s, s))`` with
 ``w = sqrt((1 - alpha_bar) / alpha_bar)``, which is sigma_t in VE terms.
 
 In VE form a DDIM step from level a to level b is ``x_b = D_a + sigma_b eps_a`` with
@@ -13,11 +13,27 @@ the difference of the denoiser's predictions across the interval,
 
     g = scale * (D(x_t; sigma_t, cond) - D(x_s; sigma_s, cond_inv)).
 
-Levels are ladder indices (LucidDreamer's timesteps): t uniform in [int(N t0), hi) where hi
-falls from int(N warmup_t_max) to int(N t1) over the warm-up, s = max(t - delta, 0) with
-delta annealed from interval_start to interval, and the inversion starts at
-max(s - stride * inversion_steps, 0). LucidDreamer's small offset noise (0.1 per channel)
-is left out. Each step costs (inversion steps taken) + 2 denoiser calls, against PAAS's 1.
+Conditioning, as LucidDreamer: the inversion and D(x_s) use the prior's ``inverse_condition()``
+unguided (stable-diffusion: ``inverse_prompt``, LucidDreamer's ``inverse_text``, empty by
+default; a prior without one: ``unconditional()``, else ``condition(None)``); the view's
+condition, guided with the negative prompt, only enters D(x_t).
+
+Levels are LucidDreamer's indices: t uniform in [int(N t0), hi) where hi falls from
+int(N warmup_t_max) to int(N t1) over the warm-up, s = max(t - delta, 0) with delta
+annealed from interval_start to interval, and the inversion starts at
+max(s - stride * inversion_steps, 0). Index i is the level of ladder tick i + offset, the
+prior's ``steps_offset`` (0 when it has none): LucidDreamer indexes diffusers' DDIM
+timesteps set to every training step, which with SD's ``steps_offset = 1`` start at 1
+(indices are capped so that i + offset stays on the ladder).
+
+Against LucidDreamer's ``train_step`` (grad = w(alphas[t]) (eps_guided(x_t) - eps_inv(x_s))
+on the latents, descended): with ``x_VE = x_VP sqrt(1 + sigma^2)``, D is the clean-latent
+estimate in both conventions and w = sigma_t, so ``g = -(scale / grad_scale) * grad``
+exactly, no sqrt(1 + sigma^2) left (tests/test_ism_luciddreamer.py). Its small offset noise
+(0.1 per channel) and random horizontal flip are left out, and so is its inversion guidance
+(``denoise_guidance_scale``, 1 by default). LucidDreamer subtracts raw UNet outputs, which
+are noise predictions for epsilon models only; with a v model this takes the eps they imply.
+Each step costs (inversion steps taken) + 2 denoiser calls, against PAAS's 1.
 """
 
 from __future__ import annotations
@@ -44,14 +60,23 @@ class IsmEstimator:
 
     def __init__(self, options: IsmOptions) -> None:
         self.options = options
-        self._window: tuple[Any, np.ndarray] | None = None  # (prior, its levels)
+        self._window: tuple[Any, np.ndarray, int] | None = None  # (prior, its levels, index offset)
 
     def window(self, prior: Any) -> np.ndarray:
         """The ladder levels t and s are drawn from, read from the prior once (by ``schedule``,
         before training): inside a step it is already on the host."""
+        return self._levels(prior)[0]
+
+    def offset(self, prior: Any) -> int:
+        """Ladder tick of index 0: the prior's ``steps_offset`` (LucidDreamer's timesteps), else 0."""
+        return self._levels(prior)[1]
+
+    def _levels(self, prior: Any) -> tuple[np.ndarray, int]:
         if self._window is None or self._window[0] is not prior:
-            self._window = (prior, ladder_window(prior, self.options.sigma_min, self.options.sigma_max, "estimator"))
-        return self._window[1]
+            window = ladder_window(prior, self.options.sigma_min, self.options.sigma_max, "estimator")
+            offset = min(max(int(getattr(prior, "steps_offset", 0) or 0), 0), window.size - 1)
+            self._window = (prior, window, offset)
+        return self._window[1], self._window[2]
 
     def warm(self, progress: float) -> float:
         """1 at the start of training, 0 once the warm-up is over (LucidDreamer's warm_up_rate)."""
@@ -74,40 +99,48 @@ class IsmEstimator:
 
     def schedule(self, prior: Any, steps: int, rng: np.random.Generator) -> np.ndarray:
         """sigma_t of every step: index uniform in [int(N t0), high) with high warmed up as LucidDreamer does."""
-        window = self.window(prior)
+        window, offset = self._levels(prior)
         count = window.size
         low = fraction_index(count, self.options.t_range[0])
         high = fraction_index(count, self.options.t_range[1])
         extra = max(int(count * (self.options.warmup_t_max - self.options.t_range[1])), 0)
         warm = np.array([self.warm(i / steps) for i in range(steps)], dtype=np.float64)
         highs = np.clip(high + (extra * warm).astype(np.int64), low + 1, count)
-        return window[rng.integers(low, highs)].astype(np.float64)
+        index = np.minimum(rng.integers(low, highs), count - 1 - offset)
+        return window[index + offset].astype(np.float64)
 
     def inversion_condition(self, prior: Any, cond: Any) -> Any:
-        if self.options.inversion_condition == "view":
+        """What the inversion and D(x_s) condition on (see the ``inversion_condition`` option)."""
+        choice = self.options.inversion_condition
+        if choice == "view":
             return cond
-        unconditional = getattr(prior, "unconditional", None)
-        return unconditional() if callable(unconditional) else prior.condition(None)
+        names = ("inverse_condition", "unconditional") if choice == "inverse" else ("unconditional",)
+        for name in names:
+            method = getattr(prior, name, None)
+            if callable(method):
+                return method()
+        return prior.condition(None)
 
     @torch.no_grad()
     def gradient(
         self, prior: Any, y: torch.Tensor, sigma: float, progress: float, cond: Any, generator: Generators
     ) -> torch.Tensor:
-        window = self.window(prior)
-        t_index = level_index(window, sigma)
+        window, offset = self._levels(prior)
+        levels = window[offset:]  # levels[i]: LucidDreamer's index i
+        t_index = max(level_index(window, sigma) - offset, 0)
         start, s_index, stride = self.levels(window.size, t_index, progress)
         inverse = self.inversion_condition(prior, cond)
         y = y.detach()
-        x = y + float(window[start]) * draw_noise(y, 1, generator)[:, 0]
+        x = y + float(levels[start]) * draw_noise(y, 1, generator)[:, 0]
         current = start
         for _ in range(self.options.inversion_steps):  # DDIM inversion, deterministic
             if current == s_index:
                 break
             following = min(current + stride, s_index)
-            denoised = denoise_at(prior, x, float(window[current]), inverse)
-            x = denoised + (float(window[following]) / float(window[current])) * (x - denoised)
+            denoised = denoise_at(prior, x, float(levels[current]), inverse)
+            x = denoised + (float(levels[following]) / float(levels[current])) * (x - denoised)
             current = following
-        sigma_s, sigma_t = float(window[s_index]), float(window[t_index])
+        sigma_s, sigma_t = float(levels[s_index]), float(levels[t_index])
         denoised_s = denoise_at(prior, x, sigma_s, inverse)
         x_t = denoised_s + (sigma_t / sigma_s) * (x - denoised_s)
         denoised_t = denoise_at(prior, x_t, sigma_t, cond)

@@ -4,7 +4,9 @@
 Defaults are LucidDreamer's published ones, written as fractions of the noise ladder (its
 1000 DDIM timesteps): t in [0.02, 0.5] after a warm-up that starts at 0.98, interval
 delta_T = 80 (annealed from 100), x_s reached by at most 5 inversion steps of 200, the
-inversion unconditional, the warm-up 1500 of 5000 iterations.
+inversion with the prior's inverse prompt (LucidDreamer's ``inverse_text``, empty), the
+warm-up 1500 of 5000 iterations. Ladder indices are LucidDreamer's: shifted by the prior's
+``steps_offset`` (diffusers' DDIM timesteps), so with SD's scheduler index i is timestep i + 1.
 """
 
 from __future__ import annotations
@@ -57,10 +59,12 @@ class IsmOptions(BaseModel):
         le=MAX_INVERSION_STEPS,
         description=f"most inversion steps to s (0: noise the render straight to s; at most {MAX_INVERSION_STEPS})",
     )
-    inversion_condition: Literal["unconditional", "view"] = Field(
-        "unconditional",
-        description="conditioning of the inversion and of D(x_s): unconditional (the prior's unconditional() when it "
-        "has one, else condition(None)) or the view's own",
+    inversion_condition: Literal["inverse", "unconditional", "view"] = Field(
+        "inverse",
+        description="conditioning of the inversion and of D(x_s), unguided: inverse (LucidDreamer: the prior's "
+        "inverse_condition(), for stable-diffusion its inverse_prompt, empty by default; else as unconditional), "
+        "unconditional (the prior's unconditional(), for stable-diffusion the negative prompt; else condition(None)) "
+        "or the view's own; the guidance at t is the prior's, in its guidance_convention",
     )
     sigma_min: Float | None = LADDER_SIGMA_MIN
     sigma_max: Float | None = LADDER_SIGMA_MAX
@@ -84,7 +88,9 @@ def register_estimators(register) -> None:  # type: ignore[no-untyped-def]
     register(
         name="ism",
         factory=build_ism,
-        description="LucidDreamer's interval score matching: DDIM-invert the render to s, then D(x_t) - D(x_s)",
+        description="LucidDreamer's interval score matching: DDIM-invert the render to s with the inverse prompt, "
+        "then D(x_t) - D(x_s); guidance only at t, the prior's (stable-diffusion: uncond + s (cond - uncond), "
+        "LucidDreamer's own convention)",
         options=IsmOptions,
     )
 

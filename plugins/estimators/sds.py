@@ -11,7 +11,10 @@ estimator returns is
 
 PAAS's Eq. 16 times w. What tells the two apart is the noise-level distribution (uniform
 over the ladder's indices here, PAAS's own range and random/annealed schedule there) and
-the weighting. Classifier-free guidance is the prior's own (its ``denoise`` applies it).
+the weighting. Classifier-free guidance is the prior's own (its ``denoise`` applies it):
+stable-diffusion's ``uncond + s (cond - uncond)`` by default (stable-dreamfusion's), or
+threestudio's ``cond + s (cond - uncond)`` with ``guidance_convention = "threestudio"``, with
+which this gradient is threestudio's ``compute_grad_sds``, negated (an ascent direction).
 """
 
 from __future__ import annotations

@@ -1,5 +1,11 @@
 """The ``sds`` estimator's options and registration, without torch (see
-:mod:`sjc_plugins.estimators.sds` for the estimator itself)."""
+:mod:`sjc_plugins.estimators.sds` for the estimator itself).
+
+Guidance is not an estimator option: the prior applies it. With the stable-diffusion prior
+the gradient equals threestudio's ``compute_grad_sds`` (negated: an ascent direction) when
+the prior reads guidance_scale in threestudio's convention, ``cond + s (cond - uncond)``;
+sjc's default, ``uncond + s (cond - uncond)`` (stable-dreamfusion's), is it at s + 1.
+"""
 
 from __future__ import annotations
 
@@ -75,7 +81,9 @@ def register_estimators(register) -> None:  # type: ignore[no-untyped-def]
     register(
         name="sds",
         factory=build_sds,
-        description="DreamFusion's score distillation: uniform timestep, w(t) (D - y) / sigma",
+        description="DreamFusion's score distillation: uniform timestep, w(t) (D - y) / sigma; guidance is the prior's "
+        "(stable-diffusion: uncond + s (cond - uncond), as stable-dreamfusion; a threestudio guidance_scale s is "
+        "s + 1 here, or set prior.guidance_convention = 'threestudio')",
         options=SdsOptions,
     )
 

@@ -15,6 +15,12 @@ which the text encoder leaves the device; the float32 VAE visits the device only
 ``to_rgb`` decodes pictures. Recipe options add attention slicing, VAE tiling, a CPU
 offload for small cards (text encoder and VAE on the CPU) and ``torch.compile``.
 ``denoise`` never waits for the host: sigma is snapped on the device.
+
+Guidance. ``guidance_scale`` s mixes the branches as ``uncond + s (cond - uncond)`` (the SJC
+reference, stable-dreamfusion, LucidDreamer, diffusers); ``guidance_convention =
+"threestudio"`` reads s as threestudio does, ``cond + s (cond - uncond)``, which is the same
+at s + 1. ISM (LucidDreamer) inverts with :meth:`StableDiffusionPrior.inverse_condition`
+(``inverse_prompt``, unguided) and keeps the negative prompt for the guidance at t.
 """
 
 from __future__ import annotations
@@ -54,6 +60,25 @@ from sjc_plugins.priors.stable_diffusion_options import (  # noqa: F401 (re-expo
 )
 
 
+def sjc_guidance_scale(options: StableDiffusionOptions) -> float:
+    """guidance_scale in sjc's convention: threestudio's cond + s (cond - uncond) is sjc's at s + 1."""
+    scale = float(options.guidance_scale)
+    return scale + 1.0 if options.guidance_convention == "threestudio" else scale
+
+
+def ddim_steps_offset(scheduler: Any) -> int:
+    """How far diffusers' DDIM timesteps, set to every training step, sit above the ladder index.
+
+    ``DDIMScheduler.set_timesteps(num_train_timesteps)`` gives index + ``steps_offset`` with
+    'leading' spacing (the default; SD 1.x/2.x: 1) and the index itself with 'linspace' or
+    'trailing'. LucidDreamer indexes those timesteps, so its lowest level is timestep 1.
+    """
+    config = scheduler.config
+    if config.get("timestep_spacing", "leading") != "leading":
+        return 0
+    return max(int(config.get("steps_offset", 0) or 0), 0)
+
+
 @dataclass(frozen=True)
 class TextCondition:
     """Text embeddings for one prompt: conditional [1, L, D] and unconditional (None without guidance)."""
@@ -81,6 +106,7 @@ class StableDiffusionPrior:
         ladder: VpLadder,
         options: StableDiffusionOptions,
         placement: Placement | None = None,
+        steps_offset: int = 0,
     ) -> None:
         self.unet, self.vae, self.text_encoder, self.tokenizer = unet, vae, text_encoder, tokenizer
         self.ladder = ladder
@@ -94,11 +120,15 @@ class StableDiffusionPrior:
         self.resolution = square_size(unet.config.sample_size, "UNet")
         self.sigmas = ladder.sigmas.to(torch.float32)
         self.prediction_type = ladder.prediction_type
-        self.guidance_scale = float(options.guidance_scale)
+        self.guidance_scale = sjc_guidance_scale(options)  # s of uncond + s (cond - uncond), whatever the convention
+        # diffusers' DDIM timesteps at every training step are ladder index + steps_offset:
+        # ISM draws its levels through it, as LucidDreamer does.
+        self.steps_offset = int(steps_offset)
         self.text_encoder_released = False
         self._cache: dict[str | None, TextCondition] = {}
-        self._uncond: torch.Tensor | None = None
+        self._texts: dict[str, torch.Tensor] = {}  # embeddings of the negative and inverse prompts
         self._unconditional: TextCondition | None = None
+        self._inverse: TextCondition | None = None
 
     @property
     def device(self) -> torch.device:
@@ -131,10 +161,11 @@ class StableDiffusionPrior:
         return self.text_encoder(ids)[0].to(device=self.placement.device, dtype=self.placement.dtype)
 
     def encode_prompts(self) -> None:
-        """Encode every prompt the run can ask for (each view's and the negative one), one by one, once."""
+        """Encode every prompt the run can ask for (each view's, the negative and the inverse one), once each."""
         for key in self.condition_keys():
             self._encode(key)
         self.unconditional()
+        self.inverse_condition()
 
     def release_text_encoder(self) -> None:
         """Encode every prompt, then move the text encoder to its resting place (the CPU).
@@ -157,16 +188,29 @@ class StableDiffusionPrior:
         return cached
 
     def unconditional(self) -> TextCondition:
-        """The negative prompt alone, unguided (one UNet branch): what DDIM inversion in ISM
-        (LucidDreamer) conditions on, where a view's condition would be guided."""
+        """The negative prompt alone, unguided (one UNet branch): ISM's inversion with
+        ``inversion_condition = "unconditional"`` (sjc's before LucidDreamer's inverse prompt)."""
         if self._unconditional is None:
             self._unconditional = TextCondition(self.options.negative_prompt, self._negative_embedding(), None)
         return self._unconditional
 
+    def inverse_condition(self) -> TextCondition:
+        """The inverse prompt alone, unguided: what ISM inverts with and predicts x_s's noise
+        from, as LucidDreamer does with its ``inverse_text`` (empty by default), while the
+        negative prompt only enters the guidance at t."""
+        if self._inverse is None:
+            self._inverse = TextCondition(self.options.inverse_prompt, self._text(self.options.inverse_prompt), None)
+        return self._inverse
+
     def _negative_embedding(self) -> torch.Tensor:
-        if self._uncond is None:
-            self._uncond = self.encode_text(self.options.negative_prompt)
-        return self._uncond
+        return self._text(self.options.negative_prompt)
+
+    def _text(self, text: str) -> torch.Tensor:
+        """One encoding per distinct text (the negative and inverse prompts are often both empty)."""
+        embedding = self._texts.get(text)
+        if embedding is None:
+            embedding = self._texts[text] = self.encode_text(text)
+        return embedding
 
     def condition(self, view: View | None) -> TextCondition:
         label = view.label if view is not None else None
@@ -177,24 +221,25 @@ class StableDiffusionPrior:
         """Snap sigma to the ladder, run the (guided) UNet once, return D in x's dtype.
 
         Every step runs on the device, snapping included: nothing here reads a value back
-        to the host, so a training step is never stalled by it.
+        to the host, so a training step is never stalled by it. The arithmetic around the
+        UNet is float32, or float64 for float64 x (reference comparisons at round-off).
         """
         cond = cond if cond is not None else self.condition(None)
         device, dtype = self.placement.device, self.placement.dtype
         batch = x.shape[0]
         timesteps, snapped = self.ladder.snap(batch_sigma(sigma, batch, x.device))
-        x32 = x.float()
+        x32 = x.to(torch.promote_types(x.dtype, torch.float32))
         x_in = VpLadder.network_input(x32, snapped).to(device=device, dtype=dtype)
         t = timesteps.to(device)
         text = cond.embedding.expand(batch, -1, -1)
         if cond.uncond is None:
-            prediction = self.unet(x_in, t, encoder_hidden_states=text).sample.float()
+            prediction = self.unet(x_in, t, encoder_hidden_states=text).sample.to(x32.dtype)
         else:
             both = self.unet(
                 torch.cat([x_in, x_in]),
                 torch.cat([t, t]),
                 encoder_hidden_states=torch.cat([cond.uncond.expand(batch, -1, -1), text]),
-            ).sample.float()
+            ).sample.to(x32.dtype)
             uncond, conditional = both.chunk(2)
             prediction = uncond + self.guidance_scale * (conditional - uncond)
         return self.ladder.denoised(x32, snapped, prediction.to(x32.device)).to(x.dtype)
@@ -249,7 +294,9 @@ def assemble_stable_diffusion(
         vae.enable_tiling()
     place(text_encoder, plan.text_device, plan.text_dtype).eval().requires_grad_(False)
 
-    prior = StableDiffusionPrior(unet, vae, text_encoder, tokenizer, ladder, options, placement=plan)
+    prior = StableDiffusionPrior(
+        unet, vae, text_encoder, tokenizer, ladder, options, placement=plan, steps_offset=ddim_steps_offset(scheduler)
+    )
     prior.release_text_encoder()  # encodes the prompts first
     ladder.on(plan.device)  # the ladder's device copy, made now rather than in the first step
     return prior

@@ -45,8 +45,23 @@ class StableDiffusionOptions(HubOptions):
     negative_prompt: Text = Field(
         "", max_length=MAX_PROMPT, description="prompt of the unconditional branch of guidance"
     )
+    inverse_prompt: Text = Field(
+        "",
+        max_length=MAX_PROMPT,
+        description="prompt ism inverts with, unguided (LucidDreamer's inverse_text; its default is empty too): "
+        "the DDIM inversion and D(x_s); the negative prompt stays in the guidance at t",
+    )
     guidance_scale: Float = Field(
-        100.0, ge=1.0, le=1000.0, description="classifier-free guidance scale (1 = no guidance; at most 1000)"
+        100.0,
+        ge=1.0,
+        le=1000.0,
+        description="classifier-free guidance scale s, in guidance_convention's form (sjc: 1 = no guidance; at most 1000)",
+    )
+    guidance_convention: Literal["sjc", "threestudio"] = Field(
+        "sjc",
+        description="how s mixes the branches: sjc = uncond + s (cond - uncond) (the SJC reference, stable-dreamfusion, "
+        "LucidDreamer, diffusers); threestudio = cond + s (cond - uncond), which is sjc's at s + 1: "
+        "a threestudio guidance_scale s is sjc's s + 1",
     )
     view_prompts: Flag = Field(True, description="prefix the prompt with the camera's view ('front view of ...')")
     attention_slicing: AttentionSlicing = Field(

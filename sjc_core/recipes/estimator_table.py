@@ -33,7 +33,10 @@ TABLE = "estimator"
 LEGACY_TABLE = "paas"
 DEFAULT = "paas"
 KIND = "estimators"
-PAAS_DESCRIPTION = "SJC's perturb-and-average scoring (Eq. 15/16) on a random or annealed sigma schedule (default)"
+PAAS_DESCRIPTION = (
+    "SJC's perturb-and-average scoring (Eq. 15/16) on a random or annealed sigma schedule (default); "
+    "guidance is the prior's own, in its convention (stable-diffusion: uncond + s (cond - uncond))"
+)
 
 
 # The ``paas`` factory: imports the estimator (and torch) on first use; named by module, so the
