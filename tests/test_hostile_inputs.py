@@ -27,6 +27,7 @@ from conftest import run_sjc_command
 from sjc_core.files import locks
 from sjc_core.files.pictures import write_image
 from test_engine import write_recipe
+from test_run_safety import cli  # sjc ARGS in this process: (exit code, stdout, stderr)
 
 pytestmark = pytest.mark.skipif(locks.fcntl is None or not hasattr(os, "mkfifo"), reason="POSIX only")
 
@@ -34,17 +35,6 @@ USER_TEXT = b"the user's own words, which sjc must never touch\n"
 
 
 # ----------------------------------------------------------------------------- helpers
-
-
-def cli(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], *args: object) -> tuple[int, str, str]:
-    """``sjc ARGS`` in this process: (exit code, stdout, stderr)."""
-    from sjc_core import cli as cli_module
-
-    monkeypatch.setattr(sys, "argv", ["sjc", *map(str, args)])
-    with pytest.raises(SystemExit) as info:
-        cli_module.main()
-    captured = capsys.readouterr()
-    return int(info.value.code or 0), captured.out, captured.err
 
 
 def sjc(*args: object, timeout: float = 60, cwd: Path | None = None) -> tuple[int, str, str]:
