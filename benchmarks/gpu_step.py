@@ -632,7 +632,8 @@ def main(argv: list[str] | None = None) -> int:
             "latent_size": prior.resolution,
             "guidance_scale": prior.guidance_scale,
             "estimator": estimator.info.name,
-            "unet_batch": 2 * n_noise if prior.guidance_scale != 1.0 else n_noise,
+            "unet_batch": unet_batch(prior, n_noise),
+            "perp_neg": bool(getattr(prior.options, "perp_neg", False)),
             "unet_params": unet_params,
             "unet_params_m": round(unet_params / 1e6, 2),
             "unet_memory_format": "channels_last" if _is_channels_last(unet) else "contiguous",
@@ -689,6 +690,14 @@ def main(argv: list[str] | None = None) -> int:
 def recipe_overrides(args: argparse.Namespace) -> list[str]:
     extra = [f"camera.resolution={args.render_size}"] if args.render_size else []
     return list(args.overrides) + extra
+
+
+def unet_batch(prior: Any, n_noise: int) -> str | int:
+    """UNet images per denoiser call: 2 per noise with guidance, 1 without; Perp-Neg runs 2 to
+    4 branches per image (the negatives whose weight is not ~0 at the camera's azimuth)."""
+    if getattr(prior.options, "perp_neg", False):
+        return f"{2 * n_noise}-{4 * n_noise} (Perp-Neg: by azimuth)"
+    return 2 * n_noise if prior.guidance_scale != 1.0 else n_noise
 
 
 def _is_channels_last(module: torch.nn.Module) -> bool:

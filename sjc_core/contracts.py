@@ -44,12 +44,15 @@ class View:
     """A training or test camera as a prior sees it (for view-dependent conditioning).
 
     ``label`` is one of ``front``, ``side``, ``back``, ``overhead`` (or None for test
-    views and 2D sampling); ``c2w`` is the 4x4 camera-to-world pose (OpenGL, y-up).
+    views and 2D sampling); ``c2w`` is the 4x4 camera-to-world pose (OpenGL, y-up);
+    ``azimuth_deg`` the camera's azimuth around the object (0 = front, 90 = side, 180 =
+    back; host data, for priors that weigh view prompts by angle, such as Perp-Neg).
     """
 
     label: str | None = None
     c2w: torch.Tensor | None = None
     fov_deg: float | None = None
+    azimuth_deg: float | None = None
 
 
 @dataclass

@@ -108,3 +108,13 @@ def test_full_size_on_cuda() -> None:
     assert memory["kind"].startswith("torch.cuda.max_memory_allocated") and memory["gib"] > 1.0
     assert report["ours"]["phase_sync"] != "not needed (cpu)"
     assert report["targets"]["met"] is not None
+
+
+def test_tiny_perp_neg_step_trains_and_states_its_unet_batch() -> None:
+    """Perp-Neg through the real trainer: the report says what the extra UNet branches cost."""
+    report = run_benchmark(
+        "--tiny", "--device", "cpu", "--threads", "1", "--steps", "3", "--warmup", "1", "--set", "prior.perp_neg=true",
+    )
+    check_figures(report["ours"])
+    assert report["settings"]["perp_neg"] is True
+    assert report["settings"]["unet_batch"] == "2-4 (Perp-Neg: by azimuth)"

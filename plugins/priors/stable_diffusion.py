@@ -52,6 +52,7 @@ from sjc_plugins.priors._sd_placement import (
     return_cached_memory,
     set_attention_slicing,
 )
+from sjc_plugins.priors.perp_neg import PerpNegSettings, aggregate, view_mix
 from sjc_plugins.priors.stable_diffusion_options import (  # noqa: F401 (re-exported: the options live there)
     DEFAULT_MODEL,
     MAX_PROMPT,
@@ -86,6 +87,18 @@ class TextCondition:
     prompt: str
     embedding: torch.Tensor
     uncond: torch.Tensor | None
+
+
+@dataclass(frozen=True)
+class PerpNegCondition:
+    """Perp-Neg's prompts for one camera: the positive mix and the negatives with their weights
+    (:mod:`sjc_plugins.priors.perp_neg`), each [1, L, D], and the unconditional branch."""
+
+    prompt: str
+    embedding: torch.Tensor
+    negatives: tuple[torch.Tensor, ...]
+    weights: tuple[float, ...]
+    uncond: torch.Tensor
 
 
 class StableDiffusionPrior:
@@ -212,9 +225,27 @@ class StableDiffusionPrior:
             embedding = self._texts[text] = self.encode_text(text)
         return embedding
 
-    def condition(self, view: View | None) -> TextCondition:
+    def condition(self, view: View | None) -> TextCondition | PerpNegCondition:
+        """The view's prompt (``front view of ...``), or with ``perp_neg`` and a known azimuth,
+        Perp-Neg's mix of view prompts and its perpendicular negatives."""
+        if self.options.perp_neg and view is not None and view.azimuth_deg is not None:
+            return self._perp_neg(float(view.azimuth_deg))
         label = view.label if view is not None else None
         return self._encode(label if self.options.view_prompts else None)
+
+    def _perp_neg(self, azimuth_deg: float) -> PerpNegCondition:
+        options = self.options
+        settings = PerpNegSettings(options.perp_neg_weight, options.perp_neg_front_decay, options.perp_neg_side_decay)
+        positive, negatives = view_mix(azimuth_deg, settings)
+        mix = sum(share * self._encode(label).embedding for label, share in positive.items())
+        shown = " + ".join(f"{share:.2f} {label}" for label, share in positive.items())
+        return PerpNegCondition(
+            prompt=f"{shown} view of {options.prompt}",
+            embedding=mix,
+            negatives=tuple(self._encode(label).embedding for label, _ in negatives),
+            weights=tuple(weight for _, weight in negatives),
+            uncond=self._negative_embedding(),
+        )
 
     @torch.no_grad()
     def denoise(self, x: torch.Tensor, sigma: torch.Tensor | float, cond: TextCondition | None) -> torch.Tensor:
@@ -232,7 +263,9 @@ class StableDiffusionPrior:
         x_in = VpLadder.network_input(x32, snapped).to(device=device, dtype=dtype)
         t = timesteps.to(device)
         text = cond.embedding.expand(batch, -1, -1)
-        if cond.uncond is None:
+        if isinstance(cond, PerpNegCondition):
+            prediction = self._perp_neg_prediction(x_in, t, cond, x32.dtype)
+        elif cond.uncond is None:
             prediction = self.unet(x_in, t, encoder_hidden_states=text).sample.to(x32.dtype)
         else:
             both = self.unet(
@@ -243,6 +276,21 @@ class StableDiffusionPrior:
             uncond, conditional = both.chunk(2)
             prediction = uncond + self.guidance_scale * (conditional - uncond)
         return self.ladder.denoised(x32, snapped, prediction.to(x32.device)).to(x.dtype)
+
+    def _perp_neg_prediction(
+        self, x_in: torch.Tensor, t: torch.Tensor, cond: PerpNegCondition, dtype: torch.dtype
+    ) -> torch.Tensor:
+        """One batched UNet call over the unconditional, positive and negative branches, combined
+        by :func:`~sjc_plugins.priors.perp_neg.aggregate` in ``dtype``."""
+        batch = x_in.shape[0]
+        texts = (cond.uncond, cond.embedding, *cond.negatives)
+        out = self.unet(
+            torch.cat([x_in] * len(texts)),
+            torch.cat([t] * len(texts)),
+            encoder_hidden_states=torch.cat([text.expand(batch, -1, -1) for text in texts]),
+        ).sample.to(dtype)
+        uncond, *branches = out.chunk(len(texts))
+        return aggregate(uncond, branches, list(cond.weights), self.guidance_scale)
 
     @torch.no_grad()
     def to_rgb(self, x: torch.Tensor) -> torch.Tensor:

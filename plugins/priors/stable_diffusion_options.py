@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from sjc_core.hookspecs import hookimpl
 from sjc_core.recipes.values import MAX_PATH_LENGTH, Flag, Float, PathText, Text
@@ -64,6 +64,21 @@ class StableDiffusionOptions(HubOptions):
         "a threestudio guidance_scale s is sjc's s + 1",
     )
     view_prompts: Flag = Field(True, description="prefix the prompt with the camera's view ('front view of ...')")
+    perp_neg: Flag = Field(
+        False,
+        description="Perp-Neg view guidance against multi-face objects: the positive prompt mixes the nearest view "
+        "prompts by azimuth, the other views' prompts guide away perpendicularly (stable-dreamfusion's weights); "
+        "2-4 UNet branches per image instead of 2; needs view_prompts",
+    )
+    perp_neg_weight: Float = Field(
+        -2.0, ge=-100.0, le=0.0, description="Perp-Neg's negative weight (stable-dreamfusion: -2; -100..0)"
+    )
+    perp_neg_front_decay: Float = Field(
+        2.0, ge=0.0, le=100.0, description="how fast the front negative fades towards the front (stable-dreamfusion: 2)"
+    )
+    perp_neg_side_decay: Float = Field(
+        10.0, ge=0.0, le=100.0, description="how fast the side negative fades towards the side (stable-dreamfusion: 10)"
+    )
     attention_slicing: AttentionSlicing = Field(
         False,
         description=(
@@ -79,6 +94,12 @@ class StableDiffusionOptions(HubOptions):
         False, description="for small GPUs: only the UNet on the GPU; the text encoder and the VAE run on the CPU"
     )
     compile: Flag = Field(False, description="torch.compile the UNet: a warm-up of minutes, then faster steps")
+
+    @model_validator(mode="after")
+    def _perp_neg_needs_view_prompts(self) -> "StableDiffusionOptions":
+        if self.perp_neg and not self.view_prompts:
+            raise ValueError("perp_neg needs view_prompts = true (it mixes the front, side and back view prompts)")
+        return self
 
     @field_validator("attention_slicing", mode="before")
     @classmethod

@@ -51,6 +51,7 @@ class SampleSettings:
     churn_max: float = 50.0
     churn_noise: float = 1.003
     lr: float = 0.05
+    azimuth: float | None = None  # the camera's azimuth for view-dependent priors (Perp-Neg); None: no view
 
 
 def command(
@@ -86,6 +87,11 @@ def command(
     churn_max: Annotated[float, typer.Option(help="karras: S_max, churn only at sigma <= this")] = 50.0,
     churn_noise: Annotated[float, typer.Option(help="karras: S_noise, scale of the churn noise")] = 1.003,
     lr: Annotated[float, typer.Option(help="estimators: Adamax learning rate on the image")] = 0.05,
+    azimuth: Annotated[
+        Optional[float],
+        typer.Option(help="sample as seen from this azimuth (0 front, 90 side, 180 back): the view prompt, and "
+                     "Perp-Neg's mix with prior.perp_neg"),
+    ] = None,
     device: Annotated[Optional[str], typer.Option(help="auto, cpu, cuda or cuda:N (default: the recipe's, else auto)")] = None,
     overwrite: Annotated[bool, typer.Option(help="replace the samples already in --out")] = False,
 ) -> None:
@@ -116,6 +122,7 @@ def command(
         ("--churn-min", churn_min, churn_min >= 0, ">= 0", churn_min <= MAX_SIGMA, f"<= {MAX_SIGMA:g}"),
         ("--churn-max", churn_max, churn_max >= 0, ">= 0", churn_max <= MAX_SIGMA, f"<= {MAX_SIGMA:g}"),
         ("--churn-noise", churn_noise, churn_noise > 0, "> 0", churn_noise <= 1e3, "<= 1000"),
+        ("--azimuth", azimuth, azimuth is None or azimuth >= -360, ">= -360", azimuth is None or azimuth <= 360, "<= 360"),
         ("--sigma-min", sigma_min, sigma_min is None or sigma_min > 0, "> 0", sigma_min is None or sigma_min <= MAX_SIGMA,
          f"<= {MAX_SIGMA:g}"),
         ("--sigma-max", sigma_max, sigma_max is None or sigma_max > 0, "> 0", sigma_max is None or sigma_max <= MAX_SIGMA,
@@ -143,7 +150,7 @@ def command(
     settings = SampleSettings(
         method=method, n=n, steps=steps or DEFAULT_STEPS.get(method, ASCENT_STEPS), seed=seed if seed is not None else (setup.seed or 0),
         batch_size=batch_size, sigma_min=sigma_min, sigma_max=sigma_max, rho=rho, churn=churn, churn_min=churn_min,
-        churn_max=churn_max, churn_noise=churn_noise, lr=lr,
+        churn_max=churn_max, churn_noise=churn_noise, lr=lr, azimuth=azimuth,
     )
     record = generate(setup, settings, out, device or setup.device, overwrite)
     typer.echo(f"wrote {record['n']} {method} samples to {out} (grid: {out / 'grid.png'})")
@@ -186,7 +193,7 @@ def generate(setup: Setup, settings: SampleSettings, out: Path, device_setting: 
     files_pictures.write_image(out / "grid.png", tile(pictures))
     record: dict[str, Any] = {
         "method": settings.method, "n": settings.n, "seed": settings.seed, "steps": settings.steps,
-        settings.method: method_record, "sigmas": [float(s) for s in sigmas],
+        "azimuth": settings.azimuth, settings.method: method_record, "sigmas": [float(s) for s in sigmas],
         "prior": setup.prior_table, "source": setup.source, "device": str(device),
         "files": files, "grid": "grid.png", "image_size": list(pictures[0].shape[:2]),
     }
@@ -263,7 +270,7 @@ def draw(prior: Any, estimator: Any, settings: SampleSettings, sigmas: Any, devi
     from sjc_core.runs.progress import Progress
     from sjc_core.sampling import ladders, noise, samplers
 
-    cond = prior.condition(None)
+    cond = prior.condition(sample_view(settings.azimuth))
 
     def denoise(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         return prior.denoise(x, sigma, cond)
@@ -303,6 +310,17 @@ def draw(prior: Any, estimator: Any, settings: SampleSettings, sigmas: Any, devi
     finally:
         bar.close()
     return pictures
+
+def sample_view(azimuth: float | None) -> Any:
+    """The camera 2D samples are conditioned on: none, or one on the equator at ``azimuth``
+    (its view label, and the azimuth itself for priors that weigh view prompts by angle)."""
+    if azimuth is None:
+        return None
+    from sjc_core.contracts import View
+    from sjc_core.render.cameras import view_label
+
+    return View(label=view_label(azimuth, 90.0), azimuth_deg=azimuth % 360.0)
+
 
 def tile(pictures: list[Any], pad: int = 2, min_tile: int = 128) -> Any:
     """uint8 pictures [H, W, 3] in a near-square grid on white, small ones enlarged (nearest)."""

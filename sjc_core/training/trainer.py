@@ -198,7 +198,9 @@ class Trainer:
             scored = F.interpolate(scored, size=(prior.resolution, prior.resolution), mode="bilinear", align_corners=False)
         after_render = self._clock()
 
-        cond = prior.condition(View(label=view.label, c2w=torch.as_tensor(view.c2w), fov_deg=view.fov_deg))
+        cond = prior.condition(
+            View(label=view.label, c2w=torch.as_tensor(view.c2w), fov_deg=view.fov_deg, azimuth_deg=view.azimuth_deg)
+        )
         grad = self.estimator.gradient(prior, scored, sigma, progress, cond, self.noise_rng)
         after_prior = self._clock()
 
