@@ -4,7 +4,8 @@
     python benchmarks/object_suite.py --objects mug --fit-steps 20 --sjc-steps 10 20   # a smoke run
 
 For each object of ``data/suite`` (made first by ``scripts/make_object_suite.py`` when
-missing, or into ``--suite``):
+missing, or into ``--suite``; the objects of ``scripts/make_independent_suite.py``, drawn by a
+renderer that is not sjc's, with ``--suite data/independent --objects vase lamp rock toy``):
 
 - **fit**: ``sjc fit`` through its Python API (:func:`sjc_core.fit.fitting.fit_posed_images`), once
   per ``--fit-steps`` value (the learning rate decays over the whole run, so each step
@@ -151,13 +152,20 @@ def table(rows: list[dict[str, Any]], sjc_steps: list[int]) -> str:
 
 
 def ensure_suite(suite: Path, names: list[str], log) -> None:
-    """Make the objects of ``names`` that ``suite`` lacks (``scripts/make_object_suite.py``)."""
+    """Make the objects of ``names`` that ``suite`` lacks: sjc-drawn ones with
+    ``scripts/make_object_suite.py``, independently drawn ones with ``scripts/make_independent_suite.py``."""
+    import make_independent_suite
     from make_object_suite import make_suite
 
     missing = [n for n in names if not (suite / n / "transforms_test.json").exists()]
     if missing:
         log(f"making {', '.join(missing)} in {suite}")
-        make_suite(suite, missing, log=log)
+        own = [n for n in missing if n not in make_independent_suite.OBJECTS]
+        if own:
+            make_suite(suite, own, log=log)
+        for name in missing:
+            if name in make_independent_suite.OBJECTS:
+                make_independent_suite.make_object(make_independent_suite.OBJECTS[name], suite / name)
 
 
 def emit(text: str, report: dict[str, Any], json_path: Path | None) -> None:
@@ -170,11 +178,13 @@ def emit(text: str, report: dict[str, Any], json_path: Path | None) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from make_independent_suite import OBJECTS as INDEPENDENT
     from make_object_suite import OBJECTS
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--suite", type=Path, default=ROOT / "data" / "suite", help="the suite's folder (made when missing)")
-    parser.add_argument("--objects", nargs="+", default=list(OBJECTS), choices=list(OBJECTS))
+    parser.add_argument("--objects", nargs="+", default=list(OBJECTS), choices=[*OBJECTS, *INDEPENDENT],
+                        help=f"sjc-drawn: {' '.join(OBJECTS)}; independently drawn: {' '.join(INDEPENDENT)}")
     parser.add_argument("--fit-steps", nargs="*", type=int, default=[2000], help="one fit per value; best (during training) and final (longest) reported (none: no fit)")
     parser.add_argument("--sjc-steps", nargs="*", type=int, default=[500, 1000, 2000], help="SJC held-out PSNR at these steps of one run")
     parser.add_argument("--recipe", type=Path, default=ROOT / "recipes" / "demo.toml")
