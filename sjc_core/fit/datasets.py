@@ -35,7 +35,9 @@ class PosedImages:
 
     ``images`` float32 [N, H, W, 3] in [0, 1]; ``c2w`` float64 [N, 4, 4] (OpenGL, y-up
     world); ``fov_deg`` the horizontal field of view shared by all frames; ``names`` the
-    image paths relative to the data folder; ``source`` the transforms file they came from.
+    image paths relative to the data folder; ``source`` the transforms file they came from;
+    ``alphas`` float32 [N, H, W] in [0, 1] when the pictures carry alpha (``images`` are then
+    composited on the background), else None.
     """
 
     images: np.ndarray
@@ -45,6 +47,7 @@ class PosedImages:
     source: Path
     offset: tuple[float, float, float] = (0.0, 0.0, 0.0)
     scale: float = 1.0
+    alphas: np.ndarray | None = None
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
@@ -75,6 +78,7 @@ class PosedImages:
             c2w=self.c2w[idx],
             fov_deg=self.fov_deg,
             names=[self.names[i] for i in idx],
+            alphas=None if self.alphas is None else self.alphas[idx],
             source=self.source,
             offset=self.offset,
             scale=self.scale,
@@ -126,11 +130,14 @@ def load_posed_images(
         poses = Z_UP_TO_Y_UP @ poses
     poses, offset, factor = normalize_poses(poses, scale=scale, center=center, target_radius=target_radius, where=path)
 
-    images, names = _read_images(folder, path, [file_path for file_path, _ in frames], background)
+    images, names, alphas = _read_images(folder, path, [file_path for file_path, _ in frames], background)
     if resolution is not None:
         images = resize_images(images, resolution)
+        if alphas is not None:
+            alphas = resize_images(alphas[..., None], resolution)[..., 0]
     data = PosedImages(
         images=images,
+        alphas=alphas,
         c2w=poses,
         fov_deg=fov_deg,
         names=names,
@@ -194,23 +201,32 @@ def blind_camera_warning(data: PosedImages, box_half: float) -> str | None:
 
 def read_image(path: Path, background: Sequence[float]) -> np.ndarray:
     """One image as float32 [H, W, 3] in [0, 1]; alpha is composited on ``background``."""
-    image = read_pixels(path)
+    return composite(read_pixels(path), background)[0]
+
+
+def composite(image: np.ndarray, background: Sequence[float]) -> tuple[np.ndarray, np.ndarray | None]:
+    """(RGB float32 [H, W, 3] in [0, 1] with any alpha composited on ``background``, the
+    alpha [H, W] or None for a picture without one)."""
     channels = image.shape[-1]
+    alpha = None
     if channels in (2, 4):  # grey+alpha or RGBA: composite on the background colour
-        colour, alpha = image[..., :-1], image[..., -1:]
+        colour, alpha = image[..., :-1], np.clip(image[..., -1], 0.0, 1.0).astype(np.float32)
         if colour.shape[-1] == 1:
             colour = np.repeat(colour, 3, axis=-1)
         bg = np.asarray(background, dtype=np.float32).reshape(1, 1, 3)
-        image = colour * alpha + bg * (1.0 - alpha)
+        image = colour * alpha[..., None] + bg * (1.0 - alpha[..., None])
     elif channels == 1:
         image = np.repeat(image, 3, axis=-1)
-    return np.clip(image, 0.0, 1.0).astype(np.float32)
+    return np.clip(image, 0.0, 1.0).astype(np.float32), alpha
 
 
 def _read_images(
     folder: Path, transforms: Path, file_paths: list[str], background: Sequence[float]
-) -> tuple[np.ndarray, list[str]]:
+) -> tuple[np.ndarray, list[str], np.ndarray | None]:
+    """(pictures [N, H, W, 3], their names, their alphas [N, H, W] or None when none has one;
+    a picture without alpha in a set with alphas counts as opaque)."""
     images: list[np.ndarray] = []
+    alphas: list[np.ndarray | None] = []
     names: list[str] = []
     first: tuple[str, tuple[int, int]] | None = None
     for index, file_path in enumerate(file_paths):
@@ -219,7 +235,7 @@ def _read_images(
             raise SjcError(
                 f"{folder / file_path}: image not found (frames[{index}].file_path in {transforms.name})"
             )
-        image = read_image(path, background)
+        image, alpha = composite(read_pixels(path), background)
         name = path.relative_to(folder).as_posix() if path.is_relative_to(folder) else str(path)
         size = (image.shape[0], image.shape[1])
         if first is None:
@@ -230,8 +246,12 @@ def _read_images(
                 f"{first[1][1]}x{first[1][0]}: all images of a split must share one size"
             )
         images.append(image)
+        alphas.append(alpha)
         names.append(name)
-    return np.stack(images), names
+    if all(alpha is None for alpha in alphas):
+        return np.stack(images), names, None
+    opaque = np.ones(images[0].shape[:2], dtype=np.float32)
+    return np.stack(images), names, np.stack([opaque if a is None else a for a in alphas])
 
 
 def resize_images(images: np.ndarray, width: int) -> np.ndarray:

@@ -150,6 +150,7 @@ class RayTable:
     t_min: torch.Tensor  # [R]
     t_max: torch.Tensor  # [R]
     targets: torch.Tensor  # [R, 3] in [-1, 1]
+    alphas: torch.Tensor | None = None  # [R] in [0, 1] when the pictures carry alpha
 
     def __len__(self) -> int:
         return int(self.origins.shape[0])
@@ -168,7 +169,8 @@ def training_rays(data: PosedImages, aabb: torch.Tensor, near: float, device: to
     ro, rd = torch.cat(origins), torch.cat(directions)
     t_min, t_max = clipped_range(ro, rd, aabb, near)
     targets = torch.from_numpy(data.images.reshape(-1, 3)) * 2.0 - 1.0
-    return RayTable(*(t.to(device) for t in (ro, rd, t_min, t_max, targets)))
+    alphas = None if data.alphas is None else torch.from_numpy(data.alphas.reshape(-1)).to(device)
+    return RayTable(*(t.to(device) for t in (ro, rd, t_min, t_max, targets)), alphas=alphas)
 
 
 def fit_posed_images(
@@ -269,6 +271,8 @@ def _train_and_write(
         total = loss
         if settings.sparsity > 0:
             total = total + settings.sparsity * torch.log1p(10.0 * out.weights).sum(dim=1).mean()
+        if rays.alphas is not None and settings.alpha_weight > 0:  # the pictures say where the object is
+            total = total + settings.alpha_weight * torch.mean((out.opacity - rays.alphas[picks]) ** 2)
         optimizer.zero_grad(set_to_none=True)
         total.backward()
         optimizer.step()
@@ -307,6 +311,8 @@ def _train_and_write(
             heldout_views=len(splits.heldout),
             baseline_psnr_mean_colour=baseline_psnr(train, splits.heldout),
         )
+        if "free_space_opacity" in held:  # pictures with alpha: how much the field paints empty space
+            metrics["heldout_free_space_opacity"] = held["free_space_opacity"]
         if curve:  # the held-out curve during training (renders at subpixel 1), and its best point
             best_step, best = max(curve, key=lambda point: point[1])
             metrics.update(

@@ -81,12 +81,18 @@ def render_camera(
 def evaluate(
     field_module: torch.nn.Module, data: PosedImages, subpixel: int, near: float, folder: Path | None
 ) -> dict[str, Any]:
-    """PSNR per view and of the pooled error; with ``folder``, write ground truth | render | depth."""
-    errors, renders = [], []
+    """PSNR per view and of the pooled error; with ``folder``, write ground truth | render | depth.
+
+    With alpha in the pictures, also ``free_space_opacity``: the mean rendered opacity where
+    the pictures are transparent (floaters show up there).
+    """
+    errors, renders, free = [], [], []
     k = data.intrinsics()
     for index in range(len(data)):
         rgb, depth, opacity = render_camera(field_module, k, data.c2w[index], data.height, data.width, subpixel, near)
         errors.append(float(np.mean((rgb - data.images[index]) ** 2)))
+        if data.alphas is not None:
+            free.append(opacity.numpy()[data.alphas[index] < 0.5])
         if folder is not None:
             renders.append((index, rgb, depth, opacity))
     shared = depth_range([r[2] for r in renders], [r[3] for r in renders])  # one depth scale for all views
@@ -98,7 +104,10 @@ def evaluate(
         picture = np.concatenate([np.concatenate([pictures.upscale(truth, factor), row], axis=0), panel], axis=1)
         stem = Path(data.names[index]).with_suffix("").as_posix().replace("/", "_")
         pictures.write_image(folder / f"{index:03d}_{stem}.png", picture)
-    return {"psnr": psnr(float(np.mean(errors))), "per_view": [round(psnr(e), 3) for e in errors]}
+    result: dict[str, Any] = {"psnr": psnr(float(np.mean(errors))), "per_view": [round(psnr(e), 3) for e in errors]}
+    if free and sum(part.size for part in free):
+        result["free_space_opacity"] = round(float(np.concatenate(free).mean()), 5)
+    return result
 
 
 def baseline_psnr(train: PosedImages, heldout: PosedImages) -> float:
