@@ -114,12 +114,12 @@ def _field_options(assignments: list[str]) -> dict[str, object]:
 
 
 def _device_setting(value: str) -> str:
-    from sjc_core.devices import check_device_setting
+    from sjc_core.commands.common import device_problem
 
-    try:
-        return check_device_setting(value)
-    except ValueError as exc:
-        raise SjcError(f"--device: {exc} (got {value!r})") from None
+    problem = device_problem(value)
+    if problem:
+        raise SjcError(problem)
+    return value
 
 
 def _choice(name: str, value: str, choices: tuple[str, ...]) -> str:

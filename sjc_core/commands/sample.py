@@ -96,8 +96,7 @@ def command(
     overwrite: Annotated[bool, typer.Option(help="replace the samples already in --out")] = False,
 ) -> None:
     """Sample 2D images from a prior (Karras sampler or ascent with an estimator); writes PNGs and a grid."""
-    from sjc_core.commands.common import registry
-    from sjc_core.devices import DEVICE_CHOICES, check_device_setting
+    from sjc_core.commands.common import device_problem, registry
     from sjc_core.errors import SjcError, did_you_mean, shorten
     from sjc_core.recipes.estimator_table import KIND, with_paas
     from sjc_core.recipes.values import MAX_SEED, MAX_SIGMA
@@ -132,11 +131,9 @@ def command(
     for flag, value, low_ok, low_rule, high_ok, high_rule in checks:
         if not (low_ok and high_ok):
             problems.append(f"{flag}: must be {low_rule if not low_ok else high_rule} (got {shorten(value)})")
-    if device is not None:
-        try:
-            check_device_setting(device)
-        except ValueError:
-            problems.append(f"--device: must be {DEVICE_CHOICES} (got {shorten(device)})")
+    problem = device_problem(device) if device is not None else None
+    if problem:
+        problems.append(problem)
     if problems:
         raise SjcError(*problems)
     if out is None:  # under runs/ like every other command's output, never loose in the working folder
