@@ -14,12 +14,14 @@ Two families, told apart by the scheduler config that ships with the model:
   the way out, and the ladder is twice the scheduler's sigmas.
 
 The engine renders at ``render_resolution`` (64) and resizes to the model's 256, as the
-reference does.
+reference does. A ``model`` that is a checkpoint file (``.pt``, ``.pth``, ``.ckpt``,
+``.safetensors``) is a guided-diffusion UNet, such as the authors' release files: see
+:mod:`sjc_plugins.priors.adm_prior`.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -31,6 +33,7 @@ from sjc_plugins.priors.pixel_options import (  # noqa: F401 (re-exported: the o
     FfhqOptions,
     LsunBedroomOptions,
     PixelOptions,
+    adm_checkpoint,
 )
 from sjc_plugins.priors._diffusion_common import (
     VpLadder,
@@ -41,6 +44,9 @@ from sjc_plugins.priors._diffusion_common import (
     resolve_for_loading,
     square_size,
 )
+
+if TYPE_CHECKING:
+    from sjc_plugins.priors.adm_prior import AdmPrior
 
 
 class PixelPrior:
@@ -114,7 +120,12 @@ def _unet_subfolders(source: Any) -> tuple[str | None, ...]:
     return ("unet", None)  # nothing local to look at (downloads on): try both
 
 
-def build_pixel_prior(options: PixelOptions, ctx: BuildContext) -> PixelPrior:
+def build_pixel_prior(options: PixelOptions, ctx: BuildContext) -> PixelPrior | AdmPrior:
+    checkpoint = adm_checkpoint(options.model, ctx.base_dir)
+    if checkpoint is not None:  # a guided-diffusion file: no diffusers needed
+        from sjc_plugins.priors.adm_prior import build_adm_prior
+
+        return build_adm_prior(options, ctx, checkpoint)
     source = resolve_for_loading(options, ctx, probes=("unet/config.json", "config.json"))
     from diffusers import UNet2DModel
 
