@@ -248,8 +248,11 @@ def test_missing_folder_and_incomplete_folder(registry, eps_folder: Path, tmp_pa
         build(registry, model=str(tmp_path / "no-such-model"))
     single_file = tmp_path / "sd-v1-5.safetensors"
     single_file.write_bytes(b"")
-    with pytest.raises(SjcError, match="is a file; a diffusers folder is needed"):
-        build(registry, model=str(single_file))
+    with pytest.raises(SjcError, match="cannot read .*sd-v1-5.safetensors' as safetensors"):
+        build(registry, model=str(single_file))  # single files load (tests/test_single_file_sd.py); this one is empty
+    (tmp_path / "notes.txt").write_text("x")
+    with pytest.raises(SjcError, match="is a file of unknown type; a single-file checkpoint ends in .safetensors or .ckpt"):
+        build(registry, model=str(tmp_path / "notes.txt"))
     broken = tmp_path / "broken"
     shutil.copytree(eps_folder, broken)
     shutil.rmtree(broken / "vae")

@@ -42,6 +42,9 @@ class HubOptions(BaseModel):
 
     # Files (any one suffices) whose presence in the hub cache means the model was downloaded.
     weight_probes: ClassVar[tuple[str, ...]] = ("unet/config.json", "config.json")
+    # Suffixes of single-file checkpoints the prior loads itself (``ModelSource.single_file``);
+    # empty: only folders and hub ids.
+    single_file_suffixes: ClassVar[tuple[str, ...]] = ()
 
     model: PathText = Field(..., min_length=1, max_length=MAX_PATH_LENGTH, description="hub id or local diffusers folder")
     revision: bounded(Line, min_length=1, max_length=256) | None = Field(  # type: ignore[valid-type]
@@ -103,6 +106,7 @@ class ModelSource:
     local_files_only: bool
     revision: str | None
     variant: str | None
+    single_file: bool = False  # ref is one checkpoint file (see HubOptions.single_file_suffixes)
 
     def has_file(self, relative: str) -> bool:
         """Whether ``relative`` exists in the folder or the hub cache (never asks the network)."""
@@ -155,10 +159,21 @@ def resolve_source(options: HubOptions, ctx: BuildContext, probes: Sequence[str]
         if candidate.is_dir():
             return ModelSource(str(candidate.resolve()), True, True, options.revision, options.variant)
         if candidate.is_file():
+            suffixes = options.single_file_suffixes
+            if candidate.suffix.lower() in suffixes:
+                return ModelSource(str(candidate.resolve()), True, True, None, None, single_file=True)
+            if suffixes:
+                raise SjcError(
+                    f"prior.model: '{candidate}' is a file of unknown type; a single-file checkpoint ends in "
+                    f"{' or '.join(suffixes)} (or give a diffusers folder or a hub id)"
+                )
             raise SjcError(
                 f"prior.model: '{candidate}' is a file; a diffusers folder is needed (a single-file "
                 "checkpoint converts with diffusers: Pipeline.from_single_file(path).save_pretrained(folder))"
             )
+    if path.suffix.lower() in options.single_file_suffixes and path.suffix:
+        looked = " or ".join(f"'{c}'" for c in candidates)
+        raise SjcError(f"prior.model: file {looked} does not exist")
     if _looks_like_path(model):
         looked = " or ".join(f"'{c}'" for c in candidates)
         raise SjcError(f"prior.model: folder {looked} does not exist")

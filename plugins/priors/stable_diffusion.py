@@ -1,8 +1,8 @@
 """The Stable Diffusion prior: a text-conditioned latent denoiser in the VE convention.
 
 Any diffusers-format Stable Diffusion folder or hub id works (SD 1.x, 2.x, a DreamBooth
-fine-tune saved with ``save_pretrained``): the UNet, VAE, CLIP text encoder, tokenizer and
-scheduler config are loaded one by one with ``from_pretrained`` (no safety checker). The
+fine-tune saved with ``save_pretrained``), and so does a single-file SD 1.x/2.x checkpoint,
+with LoRA adapters on top (loading: :mod:`sjc_plugins.priors.sd_loading`). The
 noise ladder comes from the scheduler's own ``alphas_cumprod``; epsilon, v and x0
 predictions are read from its ``prediction_type``. Classifier-free guidance runs the
 conditional and unconditional halves in one batched UNet call.
@@ -33,15 +33,7 @@ import torch
 from sjc_core.contracts import BuildContext, View
 from sjc_core.errors import SjcError
 from sjc_core.render.cameras import LABEL_PROMPTS
-from sjc_plugins.priors._diffusion_common import (
-    VpLadder,
-    batch_sigma,
-    load_pretrained,
-    load_scheduler,
-    resolve_dtype,
-    resolve_for_loading,
-    square_size,
-)
+from sjc_plugins.priors._diffusion_common import VpLadder, batch_sigma, square_size
 from sjc_plugins.priors._sd_placement import (
     Placement,
     decode_latents,
@@ -351,18 +343,10 @@ def assemble_stable_diffusion(
 
 
 def build_stable_diffusion(options: StableDiffusionOptions, ctx: BuildContext) -> StableDiffusionPrior:
-    source = resolve_for_loading(options, ctx, probes=("unet/config.json",))
-    from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextModel, CLIPTokenizer
+    """The prior from a hub id, a diffusers folder or a single-file checkpoint (with LoRA)."""
+    from sjc_plugins.priors.sd_loading import load_sd_parts
 
-    device = torch.device(ctx.device)
-    dtype = resolve_dtype(options.dtype, device)
-    scheduler = load_scheduler(source, "scheduler")
-    VpLadder.from_scheduler(scheduler, source.ref)  # an unusable schedule fails before gigabytes load
-    unet = load_pretrained(UNet2DConditionModel, source, "unet", "UNet", torch_dtype=dtype)
-    vae = load_pretrained(AutoencoderKL, source, "vae", "VAE", torch_dtype=torch.float32)
-    text_encoder = load_pretrained(CLIPTextModel, source, "text_encoder", "text encoder", dtype=dtype)
-    tokenizer = load_pretrained(CLIPTokenizer, source, "tokenizer", "tokenizer", weights=False)
-    return assemble_stable_diffusion(unet, vae, text_encoder, tokenizer, scheduler, options, device)
-
-
+    parts = load_sd_parts(options, ctx)
+    return assemble_stable_diffusion(
+        parts.unet, parts.vae, parts.text_encoder, parts.tokenizer, parts.scheduler, options, torch.device(ctx.device)
+    )
