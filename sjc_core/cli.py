@@ -16,7 +16,7 @@ import typer
 from sjc_core.errors import SjcError
 
 # One module per command under sjc_core/commands; each defines NAME and `command`.
-CORE_COMMANDS = ["run", "render", "fit", "validate", "list_plugins", "sample", "export_mesh", "batch", "prior_info"]
+CORE_COMMANDS = ["run", "render", "fit", "validate", "list_plugins", "sample", "export_mesh", "batch", "view", "prior_info"]
 
 
 def build_app() -> typer.Typer:

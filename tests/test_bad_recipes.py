@@ -29,7 +29,7 @@ from pydantic import BaseModel
 from conftest import REPO, sjc_env, write_sample_images
 from sjc_core.errors import SjcError
 from sjc_core.plugins import load_registry
-from sjc_core.recipes.model import CameraConfig, PaasConfig, RecipeModel
+from sjc_core.recipes.model import CameraConfig, LogConfig, PaasConfig, RecipeModel
 from sjc_core.recipes.preflight import check_ready
 from sjc_core.recipes.recipe import validate_recipe
 
@@ -137,6 +137,10 @@ def mutants_for(name: str, info: Any) -> list[Any]:
         return values + ["abc", True, 1, 2.5, 10**6, [2, 2], [True, 2, 2], [2000, 2, 2], [2, 2, "x"], math.nan]
     if name == "scale":  # float | "auto"
         return values + ["abc", True, math.nan, math.inf, 0, -1.0, 1e300]
+    if name == "lora":  # a list of paths or {path, scale} tables
+        return values + ["abc", 7, [7], [{"path": 7}], [{"path": ""}], [{"scale": 1.0}], [{"path": "a", "scale": math.nan}],
+                         [{"path": "a", "scale": 1e300}], [{"path": "a", "extra": 1}], [HUGE_TEXT], ["a\x00b"],
+                         ["a.safetensors"] * 1000]
     if name == "attention_slicing":  # bool | "auto" | "max" | int
         return values + ["abc", 0, -2, 10**6, 2.5, math.nan, ""]
     if kind is bool:
@@ -170,7 +174,7 @@ def corpus(registry) -> list[tuple[str, str, Any]]:
     """(base recipe, dotted key, value): a few hundred malformed recipes."""
     cases: list[tuple[str, str, Any]] = []
     top = {name: info for name, info in RecipeModel.model_fields.items()
-           if name not in ("prior", "field", "losses", "camera", "paas")}
+           if name not in ("prior", "field", "losses", "camera", "paas", "log")}
     for name, info in top.items():
         cases += [("empirical+voxel", name, value) for value in mutants_for(name, info)]
     cases += [("empirical+voxel", "bogus_key_xyz", 1), ("empirical+voxel", "test_frames", 2)]
@@ -179,6 +183,7 @@ def corpus(registry) -> list[tuple[str, str, Any]]:
     cases += [("empirical+voxel", "losses", value) for value in ("abc", 7, {"a": 1}, [{"name": "emptiness"}] * 65)]
     cases += model_cases(CameraConfig, "empirical+voxel", "camera.")
     cases += model_cases(PaasConfig, "empirical+voxel", "paas.")
+    cases += model_cases(LogConfig, "empirical+voxel", "log.")
     plugin = {
         ("priors", "empirical"): ("empirical+voxel", "prior."),
         ("fields", "voxel"): ("empirical+voxel", "field."),

@@ -29,6 +29,7 @@ ALLOWED = {
     "fit": {"runs", "training", "render", "files", "recipes"},
     "mesh": {"runs", "training", "render", "files", "recipes"},
     "batch": {"runs", "files", "recipes"},
+    "viewer": {"runs", "training", "render", "files", "recipes"},
 }
 
 

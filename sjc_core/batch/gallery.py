@@ -2,11 +2,13 @@
 
 Everything is inline (CSS, no scripts) and every link is relative to the batch folder, so
 the folder can be copied or zipped and still opened with a double click. All text from
-recipes, errors and file names goes through ``html.escape``.
+recipes, errors and file names goes through ``html.escape``. Each run with a checkpoint names
+the command that opens its live viewer page (``sjc view``), run from the batch folder.
 """
 
 from __future__ import annotations
 
+import shlex
 from html import escape
 from pathlib import Path
 from typing import Any
@@ -101,6 +103,9 @@ def _card(out: Path, run: dict[str, Any]) -> str:
         links.append(f'<a href="{_href("logs", folder + ".log")}">log</a>')
     if links:
         rows.append(_row("files", " · ".join(links)))
+    if (out / folder / "checkpoints" / "last.safetensors").exists():  # what `sjc view` shows: the last checkpoint
+        command = f"sjc view {shlex.quote(folder)}"
+        rows.append(_row("viewer", f"<code>{escape(command)}</code> (in this folder; needs the viewer extra)"))
     return (
         f'<div class="card" id="{escape(folder)}"><h2><span class="state {escape(state)}">{escape(state)}</span> '
         f"{escape(folder)}</h2>{_picture(out, run)}<table>{''.join(rows)}</table></div>"

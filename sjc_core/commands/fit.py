@@ -54,12 +54,24 @@ def command(
         Optional[list[str]],
         typer.Option("--set", help="field option: field.KEY=VALUE or KEY=VALUE (repeatable), e.g. field.density_shift=-2"),
     ] = None,
+    viewer: Annotated[bool, typer.Option("--viewer", help="serve a live web page of the fit (viewer extra)")] = False,
+    port: Annotated[int, typer.Option(help="--viewer: port of the page (a port in use is an error)")] = 8080,
+    host: Annotated[str, typer.Option(help="--viewer: address to listen on (0.0.0.0: every network)")] = "127.0.0.1",
+    tensorboard: Annotated[
+        bool, typer.Option("--tensorboard", help="write TensorBoard event files to OUT/tensorboard")
+    ] = False,
 ) -> None:
     """Fit a voxel field to posed pictures (photometric loss); report held-out PSNR."""
     from sjc_core.commands.common import registry
     from sjc_core.fit.fitting import fit_posed_images
     from sjc_core.fit.settings import FitSettings
+    from sjc_core.viewer.server import check_port, require_tensorboard_extra, require_viewer_extra
 
+    if viewer:  # one line and exit 2 before any picture is read
+        require_viewer_extra()
+        check_port(host, port)
+    if tensorboard:
+        require_tensorboard_extra()
     field_options = _field_options(set_ or [])
     if grid_size is not None:
         field_options["grid_size"] = grid_size
@@ -92,9 +104,17 @@ def command(
         field_options=field_options,
     )
     out_dir = out if out is not None else Path("runs") / f"fit-{data_dir.resolve().name or 'data'}"
-    result = fit_posed_images(
-        data_dir, out_dir, settings, registry(), log=lambda line: typer.echo(line, err=True), overwrite=overwrite
-    )
+    import json
+    from dataclasses import asdict
+
+    from sjc_core.viewer.watch import watching_fit
+
+    shown = json.dumps(asdict(settings), indent=1, default=str)
+    with watching_fit(shown, settings.steps, out_dir, viewer, host, port, tensorboard) as observer:
+        result = fit_posed_images(
+            data_dir, out_dir, settings, registry(), log=lambda line: typer.echo(line, err=True), overwrite=overwrite,
+            observer=observer,
+        )
     held = result.metrics.get("psnr_heldout")
     summary = f"held-out PSNR {held:.2f} dB" if held is not None else f"train PSNR {result.metrics['psnr_train']:.2f} dB"
     typer.echo(f"{summary}; wrote {result.out_dir}")

@@ -48,6 +48,7 @@ from sjc_core.fit.settings import FitResult, FitSettings
 from sjc_core.fit.transforms import transforms_path
 from sjc_core.fit.views import baseline_psnr, clipped_range, evaluate, psnr, turntable
 from sjc_core.plugins import Registry
+from sjc_core.runs.observer import FitObserver
 from sjc_core.training.optim import Adamax
 
 
@@ -180,23 +181,26 @@ def fit_posed_images(
     registry: Registry,
     log: Callable[[str], None] | None = None,
     overwrite: bool = False,
+    observer: FitObserver | None = None,
 ) -> FitResult:
     """Fit, evaluate on held-out views, and write renders, video, metrics and checkpoint.
 
     ``out_dir`` must be new, empty or (with ``overwrite``) hold an earlier fit; it is
     locked while the fit runs. A failed write is one line naming the file (``SjcError``).
+    ``observer`` (``sjc fit --viewer``) is called after each step, in this thread.
     """
     log = log or _stderr
     data_dir, out_dir = Path(data_dir), Path(out_dir)
     try:
         check_fit_folder(out_dir, overwrite)  # before the pictures are read: refuse at once
-        return _fit(data_dir, out_dir, settings, registry, log, overwrite)
+        return _fit(data_dir, out_dir, settings, registry, log, overwrite, observer)
     except OSError as exc:
         raise SjcError(atomic.describe_os_error(exc)) from None
 
 
 def _fit(
-    data_dir: Path, out_dir: Path, settings: FitSettings, registry: Registry, log: Callable[[str], None], overwrite: bool
+    data_dir: Path, out_dir: Path, settings: FitSettings, registry: Registry, log: Callable[[str], None], overwrite: bool,
+    observer: FitObserver | None = None,
 ) -> FitResult:
     device = _device(settings.device)
     splits = load_splits(data_dir, settings, warn=lambda m: log(f"sjc: warning: {m}"))
@@ -227,7 +231,7 @@ def _fit(
         if overwrite:
             remove_earlier_fit(out_dir)
         return _train_and_write(
-            data_dir, out_dir, settings, log, splits, field_module, options, near, rays, device, rng
+            data_dir, out_dir, settings, log, splits, field_module, options, near, rays, device, rng, observer
         )
 
 
@@ -243,6 +247,7 @@ def _train_and_write(
     rays: RayTable,
     device: torch.device,
     rng: torch.Generator,
+    observer: FitObserver | None = None,
 ) -> FitResult:
     from sjc_core.runs.checkpoint import save_checkpoint
     from sjc_core.runs.progress import Progress
@@ -287,6 +292,11 @@ def _train_and_write(
         if step % settings.log_every == 0 or step == settings.steps or "psnr_heldout" in record:
             atomic.append_jsonl(log_path, record)
         progress.update(step, f"loss {mse01:.5f} | train psnr ~{psnr(running):.2f} dB{held_text}")
+        if observer is not None:
+            observer.after_fit_step(field_module, step, record)
+            while observer.should_pause():
+                observer.while_fit_paused(field_module)
+                time.sleep(0.05)
     progress.close()
     train_seconds = time.perf_counter() - began
 

@@ -1,4 +1,4 @@
-"""The core recipe tables as pydantic models: the top level, ``[camera]`` and ``[paas]``.
+"""The core recipe tables as pydantic models: the top level, ``[camera]``, ``[paas]`` and ``[log]``.
 
 Apart from :mod:`sjc_core.recipes.recipe` (which loads, overrides and validates whole recipes)
 so the fields a user can set sit in one short module: each field's description is the text
@@ -168,6 +168,18 @@ class PaasConfig(BaseModel):
         return self
 
 
+class LogConfig(BaseModel):
+    """Extra records of a run, beside metrics.jsonl and the views (all off by default)."""
+
+    model_config = STRICT_CONFIG
+
+    tensorboard: Flag = pydantic.Field(
+        False,
+        description="also write TensorBoard event files (each loss term, sigma, lr, the views) under "
+        "RUN_DIR/tensorboard/ (needs the viewer extra: pip install \"sjc[viewer]\")",
+    )
+
+
 class RecipeModel(BaseModel):
     """The top level of a recipe. Plugin tables are checked against their plugin's model."""
 
@@ -213,6 +225,7 @@ class RecipeModel(BaseModel):
     )
     camera: CameraConfig = pydantic.Field(default_factory=CameraConfig)
     paas: PaasConfig = pydantic.Field(default_factory=PaasConfig)
+    log: LogConfig = pydantic.Field(default_factory=LogConfig)
 
     @field_validator("name")
     @classmethod

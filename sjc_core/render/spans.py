@@ -80,10 +80,11 @@ def host_spans(K: Any, c2w: Any, height: int, width: int, subpixel: int, aabb: n
 
 
 def k_for_spans(spans: np.ndarray, step: float) -> int:
-    """The reference's k for a bundle: int(float32(max span) / float32(step)) + 1."""
+    """The reference's k for a bundle: int(float32(max span) / float32(step)) + 1, at least 1
+    (a bundle whose rays all miss the box has negative spans: one sample, masked out)."""
     if spans.size == 0:
         return 1
-    return int(np.float32(spans.max()) / np.float32(step)) + 1
+    return max(1, int(np.float32(spans.max()) / np.float32(step)) + 1)
 
 
 def sample_count_k(t_min: torch.Tensor, t_max: torch.Tensor, step: float) -> int:

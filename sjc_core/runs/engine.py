@@ -43,6 +43,7 @@ from sjc_core.runs.folder import (
     default_run_dir,
     write_status,
 )
+from sjc_core.runs.observer import RunObserver
 from sjc_core.runs.progress import Progress
 from sjc_core.runs.turntable import render_turntable, view_picture
 from sjc_core.training.trainer import (
@@ -150,6 +151,7 @@ def run(
     stream: TextIO | None = None,
     parts: Components | None = None,
     resume_hint: str | None = None,
+    observer: RunObserver | None = None,
 ) -> RunSummary:
     """Train a recipe into its run folder (or continue it with ``resume``).
 
@@ -157,6 +159,8 @@ def run(
     user typed, plus ``--resume``); messages that say how to continue print it. The folder
     is locked for the whole run; see :func:`~sjc_core.runs.folder.check_run_folder` for
     which folders are refused. Any failure to write is one line (an ``SjcError``).
+    ``observer`` (a live viewer, TensorBoard) is called between steps; see
+    :mod:`sjc_core.runs.observer`.
     """
     stream = stream or sys.stderr
     settings = recipe.settings
@@ -180,12 +184,15 @@ def run(
         with locks.folder_lock(folder.root, "sjc run"):
             _remove_stale_temps(folder.root, stream)
             found = check_run_folder(folder, resume, hint, locked=True)  # nobody can change it now
-            return _train(trainer, folder, found, stream, hint)
+            return _train(trainer, folder, found, stream, hint, observer)
     except OSError as exc:  # anything not written through artifacts (reading, mkdir...)
         raise SjcError(atomic.describe_os_error(exc)) from None
 
 
-def _train(trainer: Trainer, folder: RunFolder, found: FolderState, stream: TextIO, hint: str) -> RunSummary:
+def _train(
+    trainer: Trainer, folder: RunFolder, found: FolderState, stream: TextIO, hint: str,
+    observer: RunObserver | None = None,
+) -> RunSummary:
     """The run itself, in a folder this process holds."""
     recipe, parts = trainer.recipe, trainer.parts
     settings = recipe.settings
@@ -238,9 +245,13 @@ def _train(trainer: Trainer, folder: RunFolder, found: FolderState, stream: Text
         while trainer.step < settings.steps:
             pending.append(trainer.train_step())
             step = trainer.step
+            pausing = asked = False
+            if observer is not None:
+                observer.after_step(trainer, pending[-1])
+                pausing, asked = observer.should_pause(), observer.wants_checkpoint()
             wants_view = step % settings.view_every == 0 or step == settings.steps
-            wants_checkpoint = step % settings.checkpoint_every == 0 or step == settings.steps
-            if not (wants_view or wants_checkpoint or stop.raised or step % settings.log_every == 0):
+            wants_checkpoint = step % settings.checkpoint_every == 0 or step == settings.steps or asked
+            if not (wants_view or wants_checkpoint or pausing or stop.raised or step % settings.log_every == 0):
                 continue  # the step's values stay on the device: no wait for it
             try:
                 Trainer.fetch(pending)
@@ -250,6 +261,8 @@ def _train(trainer: Trainer, folder: RunFolder, found: FolderState, stream: Text
                 _stop_on_nan(folder, step, settings.steps, exc)
             for result in pending:
                 _log_step(folder, result.step, result)
+            if observer is not None:
+                observer.after_log(list(pending))
             result = pending[-1]
             pending.clear()
             terms = result.terms
@@ -257,10 +270,19 @@ def _train(trainer: Trainer, folder: RunFolder, found: FolderState, stream: Text
             if wants_view:
                 picture = view_picture(parts.prior, result.scored, result.depth, result.opacity)
                 files_pictures.write_image(folder.views / f"step_{step:06d}.png", picture)
+                if observer is not None:
+                    observer.after_view(step, picture)
             if wants_checkpoint:
                 _save_checked(trainer, folder)
                 kept = trainer.step
             status("running", pid=os.getpid())  # cheap, and what a crash leaves behind
+            while pausing and observer is not None and observer.should_pause() and not stop.raised:
+                observer.while_paused(trainer)  # the page still answers its camera
+                if observer.wants_checkpoint():
+                    _save_checked(trainer, folder)
+                    kept = trainer.step
+                    status("running", pid=os.getpid())
+                time.sleep(0.05)
             if stop.raised:
                 state = "interrupted"
                 break
@@ -353,4 +375,6 @@ def _finish(trainer: Trainer, folder: RunFolder, stream: TextIO) -> dict[str, st
     strip_path = files_pictures.write_image(folder.final / "turntable_strip.png", files_pictures.strip(pictures, 8))
     last = files_pictures.write_image(folder.final / "last_view.png", pictures[len(pictures) // 2])
     print(f"wrote {video}", file=stream)
-    return {"turntable": video.name, "strip": strip_path.name, "view": last.name}
+    export = getattr(trainer.parts.field, "export_files", None)  # e.g. the splats' .ply
+    extra = export(folder.final) if callable(export) else {}
+    return {"turntable": video.name, "strip": strip_path.name, "view": last.name, **extra}
