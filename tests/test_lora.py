@@ -216,3 +216,57 @@ def test_validate_checks_lora_files_and_list_plugins_documents_it(setup, tmp_pat
     )
     assert listing.returncode == 0
     assert "lora" in listing.stdout and "kohya" in listing.stdout
+
+
+def test_lora_on_zero123_equals_merging_by_hand(registry, tmp_path: Path) -> None:
+    """zero123's UNet is a Stable Diffusion UNet: the same files apply to it (UNet keys only)."""
+    from diffusers import UNet2DConditionModel
+
+    try:
+        from test_zero123 import write_rgba
+        from tiny_models import build_zero123_folder
+    except ImportError:
+        from tests.test_zero123 import write_rgba
+        from tests.tiny_models import build_zero123_folder
+
+    folder = build_zero123_folder(tmp_path / "tiny-zero123", "cc_projection")
+    picture = write_rgba(tmp_path / "object.png")
+    unet = UNet2DConditionModel.from_pretrained(folder / "unet")
+    generator = torch.Generator().manual_seed(3)
+    targets = [name for name, _ in unet.named_modules() if name.endswith(("attn1.to_q", "attn2.to_v"))]
+    tensors, merged = {}, {}
+    for target in targets:
+        weight = unet.get_submodule(target).weight
+        down = torch.randn(RANK, weight.shape[1], generator=generator) * 0.3
+        up = torch.randn(weight.shape[0], RANK, generator=generator) * 0.3
+        tensors |= {f"unet.{target}.lora_A.weight": down, f"unet.{target}.lora_B.weight": up}
+        merged[target] = weight.detach() + 0.6 * up @ down
+    save_file(tensors, str(tmp_path / "z.safetensors"))
+    by_hand = tmp_path / "merged"
+    shutil.copytree(folder, by_hand)
+    with torch.no_grad():
+        for target, weight in merged.items():
+            unet.get_submodule(target).weight.copy_(weight)
+    shutil.rmtree(by_hand / "unet")
+    unet.save_pretrained(by_hand / "unet")
+
+    info = registry.get("priors", "zero123")
+    common = {"image": str(picture), "elevation_deg": 10.0, "azimuth_deg": 30.0, "distance": 2.0}
+    with_lora = info.factory(
+        info.options(model=str(folder), lora=[{"path": str(tmp_path / "z.safetensors"), "scale": 0.6}], **common),
+        BuildContext(),
+    )
+    plain = info.factory(info.options(model=str(folder), **common), BuildContext())
+    reference = info.factory(info.options(model=str(by_hand), **common), BuildContext())
+    x = torch.randn(1, 4, with_lora.resolution, with_lora.resolution, generator=torch.Generator().manual_seed(5))
+
+    def out(prior):
+        from sjc_core.render.cameras import look_at
+
+        pose = View(label="side", c2w=torch.as_tensor(look_at([0.0, 0.5, 2.0])), fov_deg=40.0)
+        return prior.denoise(x, torch.tensor([1.5]), prior.condition(pose))
+
+    torch.testing.assert_close(out(with_lora), out(reference), rtol=1e-4, atol=1e-5)
+    assert (out(with_lora) - out(plain)).abs().max() > 1e-3  # the adapter did something
+    with pytest.raises(SjcError, match=r"prior\.lora\.0\.path"):
+        info.options(model=str(folder), lora=["missing.safetensors"], **common).preflight(BuildContext())

@@ -24,7 +24,7 @@ import torch
 from sjc_core.contracts import BuildContext
 from sjc_core.errors import SjcError
 from sjc_plugins.priors._diffusion_common import quiet_loading
-from sjc_plugins.priors.stable_diffusion_options import LoraEntry, lora_path
+from sjc_plugins.priors.lora_options import LoraEntry, lora_path
 
 LORA_SUFFIXES = (".safetensors", ".bin", ".pt", ".ckpt")
 INSTALL_LORA = 'pip install -e ".[lora]"'

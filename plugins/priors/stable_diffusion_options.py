@@ -6,12 +6,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from sjc_core.errors import SjcError
 from sjc_core.hookspecs import hookimpl
 from sjc_core.recipes.values import MAX_PATH_LENGTH, Flag, Float, PathText, Text
 from sjc_plugins.priors.hub import HubOptions
+from sjc_plugins.priors.lora_options import LoraOptions
 
 if TYPE_CHECKING:
     from sjc_core.contracts import BuildContext
@@ -35,19 +35,7 @@ SLICING_CHOICES = (
 AttentionSlicing = bool | Literal["auto", "max"] | int
 
 
-MAX_LORAS = 16
-
-
-class LoraEntry(BaseModel):
-    """One LoRA adapter: a kohya or diffusers/peft ``.safetensors`` file and its strength."""
-
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
-
-    path: PathText = Field(..., min_length=1, max_length=MAX_PATH_LENGTH, description="LoRA file (.safetensors)")
-    scale: Float = Field(1.0, ge=-10.0, le=10.0, description="strength: W + scale * (alpha/rank) * B @ A")
-
-
-class StableDiffusionOptions(HubOptions):
+class StableDiffusionOptions(LoraOptions, HubOptions):
     weight_probes: ClassVar[tuple[str, ...]] = ("unet/config.json",)
     single_file_suffixes: ClassVar[tuple[str, ...]] = (".safetensors", ".ckpt")
 
@@ -65,13 +53,6 @@ class StableDiffusionOptions(HubOptions):
         "auto",
         description="what the UNet predicts; auto: the scheduler's (folders) or for single files v1 epsilon, "
         "v2 v_prediction at 768 px (epsilon at 512 px for the 2-base release, global_step 875000)",
-    )
-    lora: list[LoraEntry] = Field(
-        default_factory=list,
-        max_length=MAX_LORAS,
-        description='LoRA adapters merged into the UNet and text encoder: ["file.safetensors", ...] or '
-        '[{path = "file.safetensors", scale = 0.8}, ...] (kohya lora_unet_/lora_te_ or diffusers/peft keys; '
-        "needs peft: pip install -e \".[lora]\")",
     )
     prompt: Text = Field(
         ..., min_length=1, max_length=MAX_PROMPT, description=f"text prompt of the object (at most {MAX_PROMPT} characters)"
@@ -129,19 +110,10 @@ class StableDiffusionOptions(HubOptions):
     )
     compile: Flag = Field(False, description="torch.compile the UNet: a warm-up of minutes, then faster steps")
 
-    @field_validator("lora", mode="before")
-    @classmethod
-    def _lora_paths(cls, value: Any) -> Any:
-        """A bare path is an adapter at scale 1."""
-        if isinstance(value, (list, tuple)):
-            return [{"path": item} if isinstance(item, str) else item for item in value]
-        return value
-
     def preflight(self, ctx: BuildContext) -> list[str]:
         """The hub checks, and every LoRA file exists (one line naming the first that does not)."""
         notes = super().preflight(ctx)
-        for index, entry in enumerate(self.lora):
-            lora_path(entry.path, ctx, f"prior.lora.{index}.path")
+        self.check_loras(ctx)
         return notes
 
     @classmethod
@@ -174,17 +146,6 @@ class StableDiffusionOptions(HubOptions):
         if isinstance(value, bool) or (isinstance(value, int) and 1 <= value <= MAX_SLICE):
             return value
         raise ValueError(f"expected {SLICING_CHOICES}")
-
-
-def lora_path(text: str, ctx: BuildContext, field: str) -> Path:
-    """A LoRA file, relative to the recipe's folder or the working directory; one line when missing."""
-    path = Path(text).expanduser()
-    candidates = [path] if path.is_absolute() else list(dict.fromkeys([Path(ctx.base_dir) / path, path]))
-    for candidate in candidates:
-        if candidate.is_file():
-            return candidate.resolve()
-    looked = " or ".join(f"'{c}'" for c in candidates)
-    raise SjcError(f"{field}: LoRA file {looked} does not exist")
 
 
 @hookimpl

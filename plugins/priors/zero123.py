@@ -341,4 +341,8 @@ def build_zero123(options: Zero123Options, ctx: BuildContext) -> Zero123Prior:
     unet = load_pretrained(UNet2DConditionModel, source, "unet", "UNet", torch_dtype=dtype)
     vae = load_pretrained(AutoencoderKL, source, "vae", "VAE", torch_dtype=torch.float32)
     encoder = load_pretrained(CLIPVisionModelWithProjection, source, "image_encoder", "image encoder", dtype=dtype)
+    if options.lora:  # the UNet's keys only: the image encoder has no LoRA layout
+        from sjc_plugins.priors.lora import apply_loras
+
+        apply_loras(unet, None, options.lora, ctx)
     return assemble_zero123(unet, vae, encoder, projection, scheduler, options, picture, device, normalisation)

@@ -11,6 +11,7 @@ from pydantic import Field
 from sjc_core.hookspecs import hookimpl
 from sjc_core.recipes.values import MAX_PATH_LENGTH, MAX_RADIUS, Flag, Float, PathText
 from sjc_plugins.priors.hub import HubOptions
+from sjc_plugins.priors.lora_options import LoraOptions
 from sjc_plugins.reference_picture import (
     DEFAULT_AZIMUTH,
     DEFAULT_DISTANCE,
@@ -31,7 +32,7 @@ DEFAULT_MODEL = "ashawkey/zero123-xl-diffusers"
 PoseEncoding = Literal["auto", "zero123", "stable-zero123"]
 
 
-class Zero123Options(HubOptions):
+class Zero123Options(LoraOptions, HubOptions):
     weight_probes: ClassVar[tuple[str, ...]] = ("unet/config.json",)
 
     model: PathText = Field(
@@ -89,8 +90,9 @@ class Zero123Options(HubOptions):
 
     def preflight(self, ctx: BuildContext) -> list[str]:
         """The picture is there, readable and shows something; then the weights (a note when
-        only this machine's hub cache lacks them)."""
+        only this machine's hub cache lacks them), and every LoRA file exists."""
         self.picture(ctx.base_dir)
+        self.check_loras(ctx)
         return super().preflight(ctx)
 
 
