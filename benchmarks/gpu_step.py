@@ -574,12 +574,18 @@ def main(argv: list[str] | None = None) -> int:
         help="render side in pixels (default: 64; the recipe's, i.e. the UNet's 64 at full size)",
     )
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="recipe override KEY=VALUE")
+    parser.add_argument(
+        "--prior", default="stable-diffusion", choices=("stable-diffusion", "mvdream"),
+        help="mvdream: MVDream's multi-view UNet (4 views a step, 32x32 latents; benchmarks/mvdream_parts.py)",
+    )
     args = parser.parse_args(argv)
     if args.steps < 1 or args.warmup < 0:
         parser.error("--steps must be >= 1 and --warmup >= 0")
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.tiny and args.render_size is None:
+    if args.prior == "mvdream" and args.reference:
+        parser.error("--reference times the authors' Stable Diffusion step; leave it out with --prior mvdream")
+    if args.tiny and args.render_size is None and args.prior != "mvdream":
         args.render_size = 64  # render at the recipe's size; the trainer resizes to the tiny latent
     device = pick_device(args.device)
     log(f"device {device} ({device_name(device)}), torch {torch.__version__}")
@@ -596,11 +602,19 @@ def main(argv: list[str] | None = None) -> int:
     if args.warmup + 2 * args.steps > settings.steps:
         parser.error(f"--warmup + 2 * --steps must not exceed the recipe's {settings.steps} steps")
 
-    modules = build_modules(args.tiny, device)
-    unet_params = sum(p.numel() for p in modules["unet"].parameters())
-    tokenizer_kind = modules.pop("tokenizer_kind")
-    prior, builder = make_prior(modules, recipe.prior.options, device)
-    del modules
+    if args.prior == "mvdream":
+        from mvdream_parts import make_mvdream_prior
+
+        tokenizer, tokenizer_kind = make_tokenizer()
+        prior, unet_params, text_width = make_mvdream_prior(recipe.prior.options.prompt, args.tiny, device, tokenizer)
+        builder = "MVDreamPrior (benchmarks/mvdream_parts.py)"
+    else:
+        modules = build_modules(args.tiny, device)
+        unet_params = sum(p.numel() for p in modules["unet"].parameters())
+        tokenizer_kind = modules.pop("tokenizer_kind")
+        text_width = modules["text_encoder"].config.hidden_size
+        prior, builder = make_prior(modules, recipe.prior.options, device)
+        del modules
     warm_conditioning(prior)
     parts = build_parts(recipe, prior, device)
     field = parts.field
@@ -614,10 +628,13 @@ def main(argv: list[str] | None = None) -> int:
     trainer = Trainer.create(recipe, parts)
     unet = prior.unet
     dtype = str(unet.dtype).replace("torch.", "")
-    attention = sorted({type(p).__name__ for p in unet.attn_processors.values()})
+    attention = sorted({type(p).__name__ for p in getattr(unet, "unet", unet).attn_processors.values()})
     report: dict[str, Any] = {
         "benchmark": "benchmarks/gpu_step.py",
-        "mode": "tiny" if args.tiny else "full (SD-1.5-sized UNet, random weights)",
+        "mode": "tiny" if args.tiny else (
+            "full (MVDream-sized UNet, random weights)" if args.prior == "mvdream" else "full (SD-1.5-sized UNet, random weights)"
+        ),
+        "prior": args.prior,
         "device": device.type,
         "device_name": device_name(device),
         "torch": torch.__version__,
@@ -638,7 +655,8 @@ def main(argv: list[str] | None = None) -> int:
             "unet_params_m": round(unet_params / 1e6, 2),
             "unet_memory_format": "channels_last" if _is_channels_last(unet) else "contiguous",
             "attention": attention,
-            "text_encoder": "CLIPTextModel, 1 layer, hidden %d (random)" % prior.text_encoder.config.hidden_size,
+            "views_per_step": int(getattr(prior, "views_per_step", 1)),
+            "text_encoder": "CLIPTextModel, 1 layer, hidden %d (random)" % text_width,
             "tokenizer": tokenizer_kind,
             "prior_builder": builder,
             "losses": [name for name, _ in parts.losses],
@@ -697,7 +715,8 @@ def unet_batch(prior: Any, n_noise: int) -> str | int:
     4 branches per image (the negatives whose weight is not ~0 at the camera's azimuth)."""
     if getattr(prior.options, "perp_neg", False):
         return f"{2 * n_noise}-{4 * n_noise} (Perp-Neg: by azimuth)"
-    return 2 * n_noise if prior.guidance_scale != 1.0 else n_noise
+    views = int(getattr(prior, "views_per_step", 1))  # mvdream: every view of the step in the one call
+    return views * (2 * n_noise if prior.guidance_scale != 1.0 else n_noise)
 
 
 def _is_channels_last(module: torch.nn.Module) -> bool:

@@ -114,6 +114,10 @@ class IsmEstimator:
         choice = self.options.inversion_condition
         if choice == "view":
             return cond
+        return _bound_to_views(prior, self._prompt_condition(prior, choice), cond)
+
+    @staticmethod
+    def _prompt_condition(prior: Any, choice: str) -> Any:
         names = ("inverse_condition", "unconditional") if choice == "inverse" else ("unconditional",)
         for name in names:
             method = getattr(prior, name, None)
@@ -145,3 +149,10 @@ class IsmEstimator:
         x_t = denoised_s + (sigma_t / sigma_s) * (x - denoised_s)
         denoised_t = denoise_at(prior, x_t, sigma_t, cond)
         return self.options.scale * (denoised_t - denoised_s)
+
+
+def _bound_to_views(prior: Any, inverse: Any, cond: Any) -> Any:
+    """A multi-view prior's inversion condition takes this step's cameras from the view's
+    condition (its optional ``with_views_of(condition, like)``); other priors' is used as is."""
+    bind = getattr(prior, "with_views_of", None)
+    return bind(inverse, cond) if callable(bind) else inverse

@@ -267,21 +267,28 @@ def draw(prior: Any, estimator: Any, settings: SampleSettings, sigmas: Any, devi
     from sjc_core.runs.progress import Progress
     from sjc_core.sampling import ladders, noise, samplers
 
-    cond = prior.condition(sample_view(settings.azimuth))
+    count = int(getattr(prior, "views_per_step", 1) or 1)  # a multi-view prior draws whole objects
+    if count > 1:
+        if settings.n % count:
+            raise SjcError(f"--n: the prior draws the {count} views of each object together: give a multiple of {count}")
+        cond = prior.condition_views(sample_views(settings.azimuth or 0.0, count))
+    else:
+        cond = prior.condition(sample_view(settings.azimuth))
 
     def denoise(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         return prior.denoise(x, sigma, cond)
 
-    n, size = settings.n, settings.batch_size
+    n, size = settings.n, settings.batch_size if count == 1 else count * max(1, settings.batch_size // count)
     shape = (prior.channels, prior.resolution, prior.resolution)
     gens = noise.generators_for(settings.seed, n)
     batches = [range(start, min(start + size, n)) for start in range(0, n, size)]
     per_batch = len(sigmas) - 1 if settings.method == SAMPLER else len(sigmas)
     bar = Progress(per_batch * len(batches), label=f"{settings.method} ")
-    pictures = []
+    pictures: list[Any] = [None] * n
     try:
         for number, rows in enumerate(batches):
-            batch_gens = [gens[i] for i in rows]
+            order = list(rows) if count == 1 else view_major(rows, count)  # image index of each batch row
+            batch_gens = [gens[i] for i in order]
 
             def tick(done: int, total: int, sigma: float, x: torch.Tensor, offset: int = number * per_batch) -> None:
                 bar.update(offset + done, f"images {rows.start + 1}-{rows.stop}/{n} sigma {sigma:.4g}")
@@ -303,7 +310,8 @@ def draw(prior: Any, estimator: Any, settings: SampleSettings, sigmas: Any, devi
                     f"sample: images {rows.start}-{rows.stop - 1} became NaN or Inf (try a smaller sigma range or --lr)"
                 )
             with torch.no_grad():
-                pictures.extend(files_pictures.to_uint8(rgb) for rgb in prior.to_rgb(result).float().cpu())
+                for index, rgb in zip(order, prior.to_rgb(result).float().cpu()):
+                    pictures[index] = files_pictures.to_uint8(rgb)
     finally:
         bar.close()
     return pictures
@@ -317,6 +325,30 @@ def sample_view(azimuth: float | None) -> Any:
     from sjc_core.render.cameras import view_label
 
     return View(label=view_label(azimuth, 90.0), azimuth_deg=azimuth % 360.0)
+
+
+def view_major(rows: range, count: int) -> list[int]:
+    """Image indices of a batch of whole objects (image i is view i % count of object i // count),
+    in the row order a multi-view prior reads: view 0 of every object, then view 1, ..."""
+    objects = len(rows) // count
+    return [rows.start + k * count + v for v in range(count) for k in range(objects)]
+
+
+def sample_views(azimuth: float, count: int, elevation: float = 15.0) -> list[Any]:
+    """``count`` cameras 360/count degrees apart from ``azimuth`` at MVDream's sampling elevation
+    (15 degrees), unit distance: the views a multi-view prior draws together."""
+    import torch
+
+    from sjc_core.contracts import View
+    from sjc_core.render.cameras import eye_on_sphere, look_at, view_label
+
+    polar_draw = 90.0 * (1.0 - math.sin(math.radians(elevation)))
+    views = []
+    for k in range(count):
+        turned = (azimuth + 360.0 * k / count) % 360.0
+        pose = look_at(eye_on_sphere(1.0, turned, polar_draw))
+        views.append(View(label=view_label(turned, polar_draw), c2w=torch.from_numpy(pose), azimuth_deg=turned))
+    return views
 
 
 def tile(pictures: list[Any], pad: int = 2, min_tile: int = 128) -> Any:

@@ -140,6 +140,26 @@ def pick_posed_view(rng: np.random.Generator, poses: np.ndarray, fov_deg: float,
     )
 
 
+def turned_views(view: TrainView, count: int, overhead_below: float = 30.0) -> list[TrainView]:
+    """``view`` and ``count - 1`` copies turned about the world's up axis by 360/count degrees each
+    (same elevation, distance and field of view; azimuths a, a + 360/count, ...): the cameras a
+    multi-view prior scores together (MVDream: 4 at 90 degrees). Uses no randomness."""
+    views = [view]
+    for k in range(1, count):
+        turn = math.radians(360.0 * k / count)
+        rotation = np.eye(4)
+        rotation[0, 0], rotation[0, 2], rotation[2, 0], rotation[2, 2] = math.cos(turn), math.sin(turn), -math.sin(turn), math.cos(turn)
+        azimuth = (view.azimuth_deg + 360.0 * k / count) % 360.0
+        views.append(TrainView(
+            c2w=rotation @ view.c2w,
+            fov_deg=view.fov_deg,
+            label=view_label(azimuth, view.polar_draw_deg, overhead_below),
+            azimuth_deg=azimuth,
+            polar_draw_deg=view.polar_draw_deg,
+        ))
+    return views
+
+
 def spiral_path(radius: float, height: float, frames: int, rounds: int) -> list[np.ndarray]:
     """The reference's test spiral: descends from ``height`` while circling ``rounds`` times.
 

@@ -16,11 +16,17 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from sjc_core.contracts import BuildContext, Loss, Prior, View
+from sjc_core.contracts import BuildContext, Loss, Prior, RenderOutput, View
 from sjc_core.errors import SjcError
 from sjc_core.recipes.estimator_table import estimator_of
 from sjc_core.recipes.recipe import Recipe
-from sjc_core.render.cameras import TrainView, intrinsics, pick_posed_view, sample_train_view
+from sjc_core.render.cameras import (
+    TrainView,
+    intrinsics,
+    pick_posed_view,
+    sample_train_view,
+    turned_views,
+)
 from sjc_core.render.spans import host_aabb
 from sjc_core.render.view import render_view
 from sjc_core.training.estimation import Estimator
@@ -102,9 +108,9 @@ class StepResult:
     names: tuple[str, ...]
     values: torch.Tensor
     seconds: dict[str, float]
-    depth: torch.Tensor  # the render's depth map [H, W], detached (pictures)
+    depth: torch.Tensor  # the (first) render's depth map [H, W], detached (pictures)
     opacity: torch.Tensor  # the render's opacity [H, W], detached (pictures)
-    scored: torch.Tensor  # the picture the prior scored [1, C, h, w], detached
+    scored: torch.Tensor  # the picture the prior scored [1, C, h, w] (a multi-view step: the first view's), detached
     terms: dict[str, float] = field(default_factory=dict)
     lr: float = 0.0  # the base learning rate this step took (after the recipe's decay)
 
@@ -192,19 +198,26 @@ class Trainer:
         size = self.plan.render_size
         clock = self._clock()
 
-        render = render_view(parts.field, intrinsics(view.fov_deg, size, size), view.c2w, size, size)
-        scored = render.image[None]
+        # A multi-view prior (views_per_step N > 1) scores N cameras turned 360/N degrees apart
+        # about the first, which is drawn as for N = 1 (no further randomness).
+        count = int(getattr(prior, "views_per_step", 1) or 1)
+        views = [view] if count == 1 else turned_views(view, count, settings.camera.overhead_below)
+        renders = [render_view(parts.field, intrinsics(v.fov_deg, size, size), v.c2w, size, size) for v in views]
+        render = renders[0]
+        # [N, C, H, W]; one view keeps the render's own strides (the UNet's kernels, hence its bits, follow them)
+        scored = render.image[None] if count == 1 else torch.stack([r.image for r in renders])
         if size != prior.resolution:
             scored = F.interpolate(scored, size=(prior.resolution, prior.resolution), mode="bilinear", align_corners=False)
         after_render = self._clock()
 
-        cond = prior.condition(
-            View(label=view.label, c2w=torch.as_tensor(view.c2w), fov_deg=view.fov_deg, azimuth_deg=view.azimuth_deg)
-        )
+        seen = [
+            View(label=v.label, c2w=torch.as_tensor(v.c2w), fov_deg=v.fov_deg, azimuth_deg=v.azimuth_deg) for v in views
+        ]
+        cond = prior.condition(seen[0]) if count == 1 else prior.condition_views(seen)
         grad = self.estimator.gradient(prior, scored, sigma, progress, cond, self.noise_rng)
         after_prior = self._clock()
 
-        terms = {name: loss(render, progress) for name, loss in parts.losses}
+        terms = {name: _mean_loss(loss, renders, progress) for name, loss in parts.losses}
         surrogate = -(grad.to(scored.dtype) * scored).sum()
         total = surrogate + sum(terms.values(), torch.zeros((), device=surrogate.device))
         self.optimizer.zero_grad(set_to_none=True)
@@ -217,6 +230,9 @@ class Trainer:
         decay = decay_factor(settings.lr_final_ratio, self.step, settings.steps)
         apply_decay(self.optimizer, self.base_lrs, decay)
         self.optimizer.step()
+        after_step = getattr(parts.field, "after_step", None)  # densify/prune (splats): see Field
+        if after_step is not None:
+            after_step(self.step + 1, self.optimizer)
         done = self._clock()
         self.step += 1
         seconds = {
@@ -228,7 +244,7 @@ class Trainer:
         names = (*terms, self.term)
         return StepResult(
             self.step, sigma, view.label, names, values, seconds,
-            render.depth.detach(), render.opacity.detach(), scored.detach(), lr=settings.lr * decay,
+            render.depth.detach(), render.opacity.detach(), scored[:1].detach(), lr=settings.lr * decay,
         )
 
     @staticmethod
@@ -248,6 +264,14 @@ class Trainer:
                 bad = ["gradient"]
             if bad:
                 raise NonFiniteStep(result, f"{', '.join(bad)} became NaN or Inf at step {result.step}")
+
+
+def _mean_loss(loss: Loss, renders: list[RenderOutput], progress: float) -> torch.Tensor:
+    """A loss over the step's renders: its value for the one render, or the mean over the views
+    (a multi-view step), so a loss weight means the same whatever the number of views."""
+    if len(renders) == 1:
+        return loss(renders[0], progress)
+    return torch.stack([loss(r, progress).reshape(()) for r in renders]).mean()
 
 
 def _gradient_sum(optimizer: torch.optim.Optimizer, device: torch.device) -> torch.Tensor:
