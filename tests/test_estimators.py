@@ -327,3 +327,27 @@ def test_estimator_steps_make_no_host_round_trip(tmp_path, device_path, name: st
     engine.Trainer.fetch(results)
     assert all(math.isfinite(v) for r in results for v in r.terms.values())
     assert results[-1].terms[name] > 0
+
+
+@pytest.mark.parametrize("name", ["paas", "sds", "ism"])
+def test_denoised_target_is_the_priors_prediction(name: str) -> None:
+    """What the viewer shows beside the training view: for a prior whose D is a constant
+    picture c, every estimator's denoised target is c, whatever the noise; nothing before
+    the first step."""
+
+    class ConstantPrior(GaussianPrior):
+        def denoise(self, x: torch.Tensor, sigma: torch.Tensor, cond) -> torch.Tensor:  # type: ignore[no-untyped-def]
+            return torch.full_like(x, 0.25)
+
+    estimator = {
+        "paas": lambda: PaasEstimator(PaasConfig(n_noise=3)),
+        "sds": lambda: SdsEstimator(SdsOptions(n_noise=2)),
+        "ism": lambda: IsmEstimator(IsmOptions()),
+    }[name]()
+    prior = ConstantPrior()
+    assert estimator.denoised_target() is None
+    y = torch.randn(1, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    estimator.gradient(prior, y, 2.0, 0.5, None, torch.Generator().manual_seed(1))
+    target = estimator.denoised_target()
+    assert target.shape == y.shape
+    torch.testing.assert_close(target, torch.full_like(y, 0.25), rtol=0, atol=1e-5)

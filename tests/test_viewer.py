@@ -319,3 +319,32 @@ def test_a_watched_run_trains_the_same_numbers(tmp_path: Path):
     records = [[json.loads(line)["terms"] for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
                for name in ("plain", "watched")]
     assert len(records[0]) == 30 and records[0] == records[1]
+
+
+def test_training_view_shows_the_estimators_denoised_target():
+    """The page's training view is scored | depth | the estimator's denoised target."""
+    import numpy as np
+    import torch
+
+    from sjc_core.recipes.model import PaasConfig
+    from sjc_core.training.paas import PaasEstimator
+    from sjc_core.viewer.live import with_target
+
+    class Half:
+        def denoise(self, x, sigma, cond):  # D(x) = x / 2
+            return x / 2
+
+        def to_rgb(self, x):
+            return ((x + 1) / 2).clamp(0, 1)
+
+    estimator = PaasEstimator(PaasConfig(n_noise=1))
+    picture = np.zeros((16, 32, 3), np.uint8)
+    assert with_target(picture, Half(), estimator) is picture  # no step yet: nothing to show
+    y = torch.zeros(1, 3, 8, 8)
+    estimator.gradient(Half(), y, 1.0, 0.0, None, torch.Generator().manual_seed(0))
+    shown = with_target(picture, Half(), estimator)
+    assert shown.shape == (16, 48, 3)
+    noise = torch.randn(1, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    expected = np.round(((noise / 2 + 1) / 2).clamp(0, 1)[0].permute(1, 2, 0).numpy() * 255)
+    panel = shown[:, 32:].astype(float)[::2, ::2]  # the 8x8 target drawn at 16 rows
+    assert np.abs(panel - expected).max() <= 1.0

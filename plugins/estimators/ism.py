@@ -61,6 +61,7 @@ class IsmEstimator:
     def __init__(self, options: IsmOptions) -> None:
         self.options = options
         self._window: tuple[Any, np.ndarray, int] | None = None  # (prior, its levels, index offset)
+        self._last_denoised: torch.Tensor | None = None
 
     def window(self, prior: Any) -> np.ndarray:
         """The ladder levels t and s are drawn from, read from the prior once (by ``schedule``,
@@ -148,7 +149,12 @@ class IsmEstimator:
         denoised_s = denoise_at(prior, x, sigma_s, inverse)
         x_t = denoised_s + (sigma_t / sigma_s) * (x - denoised_s)
         denoised_t = denoise_at(prior, x_t, sigma_t, cond)
+        self._last_denoised = denoised_t  # the viewer's denoised target (a reference)
         return self.options.scale * (denoised_t - denoised_s)
+
+    def denoised_target(self) -> torch.Tensor | None:
+        """The last step's guided prediction at t (what ISM moves the render's inversion toward)."""
+        return self._last_denoised
 
 
 def _bound_to_views(prior: Any, inverse: Any, cond: Any) -> Any:

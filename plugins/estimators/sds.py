@@ -40,6 +40,11 @@ class SdsEstimator:
 
     def __init__(self, options: SdsOptions) -> None:
         self.options = options
+        self._last_denoised: torch.Tensor | None = None
+
+    def denoised_target(self) -> torch.Tensor | None:
+        """The last step's denoised picture (mean of D over the noise draws), for the viewer."""
+        return None if self._last_denoised is None else self._last_denoised.mean(dim=1)
 
     def window(self, prior: Any) -> np.ndarray:
         """The ladder levels the timestep is drawn from (before the t_range cut)."""
@@ -61,5 +66,6 @@ class SdsEstimator:
         noise = draw_noise(y, o.n_noise, generator)  # [B, K, C, H, W]
         z = y[:, None] + sigma * noise
         denoised = denoise_at(prior, z.reshape(-1, *y.shape[1:]), sigma, cond).reshape(z.shape)
+        self._last_denoised = denoised  # a reference; the viewer's mean is taken only when asked
         weight = o.scale * sds_weight(o.weighting, sigma) / sigma
         return weight * (denoised - y[:, None]).mean(dim=1)

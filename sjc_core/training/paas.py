@@ -196,6 +196,16 @@ class PaasEstimator:
 
     def __init__(self, options: Any) -> None:
         self.options = options  # sjc_core.recipes.model.PaasConfig
+        self._last: tuple[torch.Tensor, torch.Tensor, float] | None = None
+
+    def denoised_target(self) -> torch.Tensor | None:
+        """The last step's denoised target y + sigma * g (the mean of D over the noise draws with
+        ``var_red``; without it, that mean less sigma times the mean noise), for the viewer.
+        Only references are kept per step: this is computed when someone asks."""
+        if self._last is None:
+            return None
+        y, g, sigma = self._last
+        return (y + sigma * g).detach()
 
     def schedule(self, prior: Any, steps: int, rng: np.random.Generator) -> np.ndarray:
         low, high = default_sigma_range(prior)
@@ -212,13 +222,16 @@ class PaasEstimator:
     def gradient(self, prior: Any, y: torch.Tensor, sigma: float, progress: float, cond: Any, generator: Any) -> torch.Tensor:
         o = self.options
         if y.shape[0] == 1 and (generator is None or isinstance(generator, torch.Generator)):
-            return paas_gradient(prior, y, sigma, cond, n_noise=o.n_noise, var_red=o.var_red, generator=generator)
-        from sjc_core.sampling.samplers import paas_gradient_batch
+            g = paas_gradient(prior, y, sigma, cond, n_noise=o.n_noise, var_red=o.var_red, generator=generator)
+        else:
+            from sjc_core.sampling.samplers import paas_gradient_batch
 
-        def denoise(x: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
-            return prior.denoise(x, s, cond)
+            def denoise(x: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+                return prior.denoise(x, s, cond)
 
-        return paas_gradient_batch(denoise, y, sigma, n_noise=o.n_noise, var_red=o.var_red, generator=generator)
+            g = paas_gradient_batch(denoise, y, sigma, n_noise=o.n_noise, var_red=o.var_red, generator=generator)
+        self._last = (y.detach(), g, float(sigma))
+        return g
 
 
 def build_paas(options: Any, ctx: Any) -> PaasEstimator:

@@ -43,6 +43,7 @@ class LiveObserver:
         self.page.refresh(step_finished=True)
         if due:
             picture = view_picture(trainer.parts.prior, result.scored, result.depth, result.opacity)
+            picture = with_target(picture, trainer.parts.prior, trainer.estimator)
             prompt = getattr(trainer.parts.prior, "describe_view", None)
             label = prompt(result.label) if callable(prompt) else f"{result.label} view"
             self.page.set_training_view(picture, f"training view at step {result.step}: {label}, sigma {result.sigma:.3g}")
@@ -76,6 +77,22 @@ class LiveObserver:
     def _status(self) -> str:
         state = "paused" if self.page.paused.is_set() else "training"
         return f"{state}: step {self.step} / {self.steps}"
+
+
+def with_target(picture: np.ndarray, prior: Any, estimator: Any) -> np.ndarray:
+    """The training view (scored | depth) followed by the estimator's denoised target, when the
+    estimator keeps one (``denoised_target()``: paas, sds, ism); read only for a due refresh."""
+    target_of = getattr(estimator, "denoised_target", None)
+    target = target_of() if callable(target_of) else None
+    if target is None:
+        return picture
+    import torch
+
+    from sjc_core.files import pictures as files_pictures
+
+    with torch.no_grad():
+        rgb = files_pictures.to_uint8(prior.to_rgb(target[:1].float())[0])
+    return files_pictures.side_by_side(picture, rgb)
 
 
 class PixelRange:

@@ -70,7 +70,7 @@ class ViewerPage:
                     self.checkpoint_button = gui.add_button("write a checkpoint now")
                     self.checkpoint_button.on_click(lambda _: self.checkpoint_asked.set())
                 self.training_label = gui.add_markdown("training view: none yet")
-                self.training_image = gui.add_image(np.zeros((8, 16, 3), np.uint8), label="scored | depth", format="png")
+                self.training_image = gui.add_image(np.zeros((8, 16, 3), np.uint8), label="scored | depth | denoised target", format="png")
         self.curves_folder = gui.add_folder("Curves")
         with gui.add_folder("Recipe", expand_by_default=False):
             gui.add_markdown(f"```{language}\n{recipe_toml}\n```")
