@@ -101,6 +101,14 @@ class Prior(Protocol):
     - ``camera_hint: CameraHint | None`` -- radius and field of view of its own cameras.
     - ``plain_background: tuple[float, ...] | None`` -- the one colour (value space, one
       number per channel) that its images' borders share, when they share one.
+    - ``views_per_step: int`` -- how many views it scores at once (default 1). With N > 1
+      (the ``mvdream`` prior) the trainer draws the first camera as for N = 1 and turns it
+      about the up axis by 360/N degrees N - 1 times (same elevation, distance, field of
+      view), renders each, stacks them [N, C, H, W] and conditions with the optional
+      ``condition_views(views: list[View])`` instead of ``condition``; the estimator gets the
+      batch (one sigma, noise per image) and returns one gradient per view, the surrogate
+      sums over the views, each loss is the mean over the N renders, and the step's logs
+      keep the first view.
     """
 
     channels: int
@@ -133,6 +141,21 @@ class Field(Protocol):
     one fused step -- optionally followed by ``opacity [n]`` (sum of weights) and ``depth [n]``
     (sum of weight * distance) when it computes them on the way, or None to decline. :func:`sjc_core.render.view.render_rays` uses it when
     present; it must equal the generic path built from ``density`` and ``features``.
+
+    Optional whole-camera path: ``render_camera(K, c2w, height, width, *, subpixel=1,
+    keep_weights=True) -> RenderOutput`` (image [C, H, W], depth and opacity [H, W], the
+    background composited, ``weights``/``sample_count`` meaningful to the losses). When a
+    field has it (the ``gaussians`` splat field), :func:`sjc_core.render.view.render_view`
+    calls it instead of the ray-marching stages, and ``render_rays`` refuses the field with
+    one line. ``density``/``features`` at points are still needed (``sjc export-mesh``).
+
+    Optional training hook: ``after_step(step, optimizer) -> bool``, called by the trainer
+    after each optimizer update (``step`` counts from 1); it returns True when it changed
+    the parameter set, having carried the optimizer's state along (see
+    :func:`sjc_core.training.optim.reindex_state`). Optional ``resize_for_state(state)`` is
+    called before a checkpoint's state is loaded, so parameters whose size changes during
+    training take the checkpoint's sizes; optional ``export_files(folder) -> dict[str, str]``
+    writes extra files into a finished run's ``final/`` (the splats' ``.ply``).
     """
 
     aabb: torch.Tensor

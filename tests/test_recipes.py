@@ -15,6 +15,7 @@ from typing import Any, NamedTuple
 import pytest
 
 from sjc_core.plugins import load_registry
+from sjc_core.recipes.estimator_table import estimator_of
 from sjc_core.recipes.recipe import Recipe, load_recipe
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
@@ -61,7 +62,8 @@ README = [
 ]
 
 UNCONDITIONAL = {"ffhq": "ffhq", "lsun-bedroom": "lsun-bedroom"}  # recipe slug -> prior plugin
-OTHERS = {"demo", "image-to-3d"}
+OTHERS = {"demo", "image-to-3d", "demo-gaussians", "rose-gaussians"}  # the last two: tests/test_gaussians.py
+MVDREAM = {"mvdream-duck": "duck", "mvdream-burger": "burger", "mvdream-icecream": "icecream"}  # slug -> its SD recipe
 
 
 @pytest.fixture(scope="module")
@@ -88,8 +90,17 @@ def test_the_table_is_the_readme() -> None:
 
 
 def test_recipes_folder_holds_exactly_the_known_recipes() -> None:
-    expected = {row.slug for row in README} | set(UNCONDITIONAL) | OTHERS
+    expected = {row.slug for row in README} | set(UNCONDITIONAL) | OTHERS | set(MVDREAM)
     assert {path.stem for path in RECIPES.glob("*.toml")} == expected
+
+
+@pytest.mark.parametrize("slug", sorted(MVDREAM))
+def test_mvdream_recipes_are_the_prompts_with_the_multiview_prior(slug: str, registry) -> None:
+    recipe, plain = load(slug, registry), load(MVDREAM[slug], registry)
+    assert recipe.settings.name == slug and recipe.prior.info.name == "mvdream"
+    assert recipe.prior.options.prompt == plain.prior.options.prompt
+    assert recipe.prior.options.guidance_scale == 50.0 and recipe.prior.options.views == 4
+    assert estimator_of(recipe).info.name == "sds"
 
 
 @pytest.mark.parametrize("row", README, ids=[row.slug for row in README])

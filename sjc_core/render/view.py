@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from sjc_core.contracts import RenderOutput
+from sjc_core.errors import SjcError
 from sjc_core.render import composite, rays, samples, spans
 
 DEFAULT_CHUNK_RAYS = 8192  # render_view splits bigger images: at most ~0.5 GB of temporaries a chunk
@@ -36,6 +37,12 @@ def render_rays(
     given from host data spares the device read that counting them here would take.
     Rays that miss the box show the background only, at depth ``BACKGROUND_DEPTH``.
     """
+    if callable(getattr(field, "render_camera", None)):
+        name = getattr(field, "plugin_name", type(field).__name__)
+        raise SjcError(
+            f"the {name} field renders whole cameras; rendering separate rays "
+            "(sjc fit, the reference-view loss) is not supported"
+        )
     if t_min is None or t_max is None:
         t_min, t_max = spans.box_intersect(ro, rd, field.aabb)
     return composite.render_bundle(field, samples.make_bundle(ro, rd, t_min, t_max, float(field.step_size), k=k))
@@ -62,9 +69,15 @@ def render_view(
     once it is composited, so a large render holds one chunk's worth, not N * k floats;
     ``weights`` is then an empty [N, 0] tensor and ``sample_count`` still counts N * k.
 
+    A field with ``render_camera`` (see :class:`sjc_core.contracts.Field`) renders the
+    camera itself; ``chunk_rays`` does not apply to it.
+
     Rays and the box test run on the field's device; off the CPU each chunk's k (a shape)
     comes from the same computation on the host, so nothing waits for the device.
     """
+    render_camera = getattr(field, "render_camera", None)
+    if callable(render_camera):  # a field that renders whole cameras (splats): no ray marching
+        return render_camera(K, c2w, height, width, subpixel=subpixel, keep_weights=keep_weights)
     aabb = field.aabb
     device = aabb.device
     chunk = int(chunk_rays) if chunk_rays else DEFAULT_CHUNK_RAYS

@@ -219,6 +219,9 @@ def load_field_state(path: Path, field: torch.nn.Module, state: dict[str, torch.
     Names and shapes are compared first (a run whose ``field.grid_size`` or field plugin
     changed since the checkpoint was written does not fit it).
     """
+    resize = getattr(field, "resize_for_state", None)  # fields whose sizes change while training
+    if callable(resize):
+        resize(state)
     wanted = field.state_dict()
     problems = []
     missing = [k for k in wanted if k not in state]

@@ -108,3 +108,19 @@ def _split(arrays: tuple[torch.Tensor, ...], scalars: tuple[float, ...]) -> list
         (b - a, *(ptr + a * item for ptr in pointers), *scalars) for a, b in zip(bounds, bounds[1:]) if b > a
     ]
 
+
+def reindex_state(optimizer: torch.optim.Optimizer, param: torch.Tensor, keep: torch.Tensor, added: int) -> None:
+    """Follow a parameter whose rows changed: its moments keep ``keep``'s rows, then ``added`` zero rows.
+
+    For fields whose parameter count changes during training (splats densified or pruned);
+    call it after resizing ``param`` in place, so the same tensor object stays in its group.
+    The step count is kept, so the bias correction goes on where it was.
+    """
+    state = optimizer.state.get(param)
+    if not state:
+        return
+    for name, value in list(state.items()):
+        if name == "step" or not torch.is_tensor(value) or value.dim() == 0:
+            continue
+        fresh = value.new_zeros((added, *value.shape[1:]))
+        state[name] = torch.cat([value[keep], fresh]).contiguous()
