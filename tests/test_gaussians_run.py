@@ -138,3 +138,17 @@ def test_reference_view_loss_on_splats_is_one_line(tmp_path: Path) -> None:
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "Traceback" not in result.stderr
     assert errors[0].startswith("error: the gaussians field renders whole cameras; rendering separate rays")
+
+
+def test_a_run_whose_splats_all_get_pruned_stops_with_one_line_and_says_failed(tmp_path: Path) -> None:
+    recipe = write_recipe(tmp_path, steps=6)
+    recipe.write_text(recipe.read_text().replace(
+        "max_splats = 400", "max_splats = 400\nprune_opacity = 0.999\ninit_opacity = 0.01"
+    ).replace("densify_start = 2", "densify_start = 3").replace("grad_threshold = 0.0", "grad_threshold = 1.0"))
+    result = sjc("run", str(recipe))
+    assert result.returncode == 2, result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "Traceback" not in result.stderr, result.stderr
+    assert "every splat was pruned at step" in errors[0] and "the last checkpoint (step 2) is kept" in errors[0]
+    status = json.loads((tmp_path / "runs" / "splats-seed4" / "status.json").read_text())
+    assert status["state"] == "failed" and "every splat was pruned" in status["error"]

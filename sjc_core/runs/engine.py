@@ -325,6 +325,18 @@ def _train(
         what = f"the last checkpoint (step {kept}) is kept" if kept is not None else "no checkpoint was written"
         raise SjcError(f"{message}; the run stopped at step {trainer.step}, {what}; once that is fixed, "
                        f"continue with: {hint}") from None
+    except RunFailed:
+        raise  # its status is written
+    except SjcError as exc:  # a plugin stopped the run (every splat pruned, ...): the folder says so
+        close_bar()
+        if running:
+            try:
+                status("failed", error=str(exc))
+            except SjcError:
+                pass
+        kept = read_checkpoint_step(folder.checkpoint)
+        what = f"the last checkpoint (step {kept}) is kept" if kept is not None else "no checkpoint was written"
+        raise SjcError(f"{exc}; the run stopped at step {trainer.step}, {what}") from None
     finally:
         close_bar()
         if previous_handler is not None:
@@ -347,12 +359,16 @@ def _save_checked(trainer: Trainer, folder: RunFolder) -> None:
     _save(trainer, folder)
 
 
+class RunFailed(SjcError):
+    """The run stopped and its status.json already says why (NaN or Inf)."""
+
+
 def _stop_on_nan(folder: RunFolder, step: int, steps: int, exc: FloatingPointError) -> None:
     """Mark the run failed and stop it with one line that says what is kept."""
     kept = read_checkpoint_step(folder.checkpoint)
     keep_note = f"the last good checkpoint (step {kept}) is kept" if kept is not None else "no checkpoint was written yet"
     write_status(folder, state="failed", step=step, steps=steps, checkpoint_step=kept, error=str(exc))
-    raise SjcError(f"run stopped: {exc}; {keep_note} in {folder.checkpoint.parent}") from None
+    raise RunFailed(f"run stopped: {exc}; {keep_note} in {folder.checkpoint.parent}") from None
 
 
 def _main_thread() -> bool:
