@@ -2,6 +2,7 @@
 
     python benchmarks/object_suite.py                       # every object, full settings (long!)
     python benchmarks/object_suite.py --objects mug --fit-steps 20 --sjc-steps 10 20   # a smoke run
+    python benchmarks/object_suite.py --field gaussians --fit-steps   # SJC on splats (recipes/demo-gaussians.toml)
 
 For each object of ``data/suite`` (made first by ``scripts/make_object_suite.py`` when
 missing, or into ``--suite``; the objects of ``scripts/make_independent_suite.py``, drawn by a
@@ -75,19 +76,39 @@ def sjc_heldout_psnr(parts, test) -> float:
     return psnr_pooled(errors)
 
 
-def run_fit(data: Path, out: Path, steps: int, log) -> dict[str, Any]:
+FIELD_RECIPES = {"voxel": ROOT / "recipes" / "demo.toml", "gaussians": ROOT / "recipes" / "demo-gaussians.toml"}
+
+
+def fit_overrides(pairs: list[str] | None) -> dict[str, Any]:
+    """``--fit-set KEY=VALUE`` pairs as FitSettings fields (numbers as numbers)."""
+    from dataclasses import fields
+
+    from sjc_core.fit.settings import FitSettings
+
+    known = {f.name for f in fields(FitSettings)}
+    found: dict[str, Any] = {}
+    for pair in pairs or []:
+        key, _, text = pair.partition("=")
+        if key not in known:
+            raise SystemExit(f"--fit-set: unknown FitSettings field {key!r}")
+        found[key] = json.loads(text) if text and text[0] in "-0123456789[{tf" else text
+    return found
+
+
+def run_fit(data: Path, out: Path, steps: int, log, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     from sjc_core.commands.common import registry
     from sjc_core.fit.fitting import fit_posed_images
     from sjc_core.fit.settings import FitSettings
 
-    settings = FitSettings(steps=steps, video_frames=0, device="cpu")
+    settings = FitSettings(**{"steps": steps, "video_frames": 0, "device": "cpu", **(overrides or {})})
     began = time.perf_counter()
     result = fit_posed_images(data, out, settings, registry(), log=log, overwrite=True)
     final = round(float(result.metrics["psnr_heldout"]), 3)
     best = max(final, float(result.metrics.get("psnr_heldout_best", final)))
     return {"steps": steps, "psnr_db": final, "best_db": round(best, 3),
             "best_step": result.metrics.get("psnr_heldout_best_step", steps) if best > final else steps,
-            "curve": result.metrics.get("psnr_heldout_curve", []), "seconds": round(time.perf_counter() - began, 1)}
+            "curve": result.metrics.get("psnr_heldout_curve", []), "seconds": round(time.perf_counter() - began, 1),
+            "free_space_opacity": result.metrics.get("heldout_free_space_opacity")}
 
 
 def run_sjc(data: Path, checkpoints: list[int], test, recipe_path: Path, overrides: list[str], log) -> dict[str, Any]:
@@ -125,11 +146,13 @@ def measure(name: str, data: Path, scratch: Path, args, log) -> dict[str, Any]:
     fits = []
     for steps in args.fit_steps:
         log(f"{name}: fit {steps} steps")
-        fits.append(run_fit(data, scratch / name / f"fit-{steps}", steps, log=lambda line: None))
+        fits.append(run_fit(data, scratch / name / f"fit-{steps}", steps, log=lambda line: None,
+                            overrides=fit_overrides(args.fit_set)))
     if fits:
         best = max(fits, key=lambda f: f["best_db"])
         row["fit"] = {"runs": fits, "best_db": best["best_db"], "best_steps": best["best_step"],
-                      "final_db": fits[-1]["psnr_db"], "final_steps": fits[-1]["steps"]}
+                      "final_db": fits[-1]["psnr_db"], "final_steps": fits[-1]["steps"],
+                      "free_space_opacity": fits[-1]["free_space_opacity"]}
     if args.sjc_steps:
         log(f"{name}: sjc {max(args.sjc_steps)} steps")
         row["sjc"] = run_sjc(data, args.sjc_steps, test, args.recipe, args.set or [], log)
@@ -186,8 +209,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--objects", nargs="+", default=list(OBJECTS), choices=[*OBJECTS, *INDEPENDENT],
                         help=f"sjc-drawn: {' '.join(OBJECTS)}; independently drawn: {' '.join(INDEPENDENT)}")
     parser.add_argument("--fit-steps", nargs="*", type=int, default=[2000], help="one fit per value; best (during training) and final (longest) reported (none: no fit)")
+    parser.add_argument("--fit-set", action="append", help="FitSettings override KEY=VALUE for the fits, e.g. distortion=0.01 (repeatable)")
     parser.add_argument("--sjc-steps", nargs="*", type=int, default=[500, 1000, 2000], help="SJC held-out PSNR at these steps of one run")
-    parser.add_argument("--recipe", type=Path, default=ROOT / "recipes" / "demo.toml")
+    parser.add_argument("--field", choices=sorted(FIELD_RECIPES), default="voxel",
+                        help="the field of the SJC runs: picks the default --recipe (voxel: demo.toml, gaussians: demo-gaussians.toml)")
+    parser.add_argument("--recipe", type=Path, default=None, help="the SJC recipe (default: the --field's demo recipe)")
     parser.add_argument("--set", action="append", help="recipe override KEY=VALUE for the SJC runs (repeatable)")
     parser.add_argument("--out", type=Path, default=None, help="scratch folder for the runs (default: a temporary one)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
@@ -195,6 +221,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if any(s <= 0 for s in [*args.fit_steps, *args.sjc_steps]):
         parser.error("step counts must be positive")
+    args.recipe = args.recipe or FIELD_RECIPES[args.field]
     args.fit_steps = sorted(set(args.fit_steps))
     args.sjc_steps = sorted(set(args.sjc_steps))
     if args.threads:
@@ -208,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
         scratch = args.out or Path(tmp)
         rows = [measure(n, args.suite / n, scratch, args, log) for n in args.objects]
     report = {
-        "suite": str(args.suite), "recipe": str(args.recipe), "fit_steps": args.fit_steps, "sjc_steps": args.sjc_steps,
+        "suite": str(args.suite), "field": args.field, "fit_set": args.fit_set or [], "recipe": str(args.recipe), "fit_steps": args.fit_steps, "sjc_steps": args.sjc_steps,
         "threads": torch.get_num_threads(), "seconds": round(time.perf_counter() - began, 1), "objects": rows,
     }
     emit(table(rows, args.sjc_steps), report, args.json)

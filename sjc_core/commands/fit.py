@@ -40,6 +40,9 @@ def command(
     seed: Annotated[int, typer.Option(help="seed of the field's initialisation and the ray batches")] = 0,
     subpixel: Annotated[int, typer.Option(help="subpixel factor of evaluation renders and the video")] = 1,
     sparsity: Annotated[float, typer.Option(help="weight of the fog-clearing term sum_j log(1 + 10 w_j) per ray")] = 3e-4,
+    distortion: Annotated[
+        float, typer.Option(help="weight of the distortion loss per ray (mip-NeRF 360): clears floaters (0: off)")
+    ] = 0.01,
     alpha_weight: Annotated[
         float, typer.Option(help="pictures with alpha: weight of (opacity - alpha)^2 per ray (0: alpha unused)")
     ] = 1.0,
@@ -86,6 +89,7 @@ def command(
         batch_rays=count_flag("--batch-rays", batch_rays, 1, MAX_BATCH_RAYS),
         sparsity=number_flag("--sparsity", sparsity, 0.0, MAX_SPARSITY),
         alpha_weight=number_flag("--alpha-weight", alpha_weight, 0.0, MAX_SPARSITY),
+        distortion=number_flag("--distortion", distortion, 0.0, MAX_SPARSITY),
         resolution=None if resolution is None else count_flag("--resolution", resolution, 1, MAX_RENDER_SIZE),
         holdout=None if holdout is None else count_flag("--holdout", holdout, 0, MAX_HOLDOUT),
         z_up=z_up,

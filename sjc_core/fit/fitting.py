@@ -44,6 +44,7 @@ from sjc_core.files import atomic, locks
 from sjc_core.fit.datasets import PosedImages, blind_camera_warning, load_posed_images
 from sjc_core.fit.folder import check_fit_folder, remove_earlier_fit
 from sjc_core.fit.poses import camera_directions
+from sjc_core.fit.regularisers import distortion
 from sjc_core.fit.settings import FitResult, FitSettings
 from sjc_core.fit.transforms import transforms_path
 from sjc_core.fit.views import baseline_psnr, clipped_range, evaluate, psnr, turntable
@@ -276,6 +277,8 @@ def _train_and_write(
         total = loss
         if settings.sparsity > 0:
             total = total + settings.sparsity * torch.log1p(10.0 * out.weights).sum(dim=1).mean()
+        if settings.distortion > 0:  # weights spread along a ray pay: floaters in front of the surface
+            total = total + settings.distortion * distortion(out.weights, float(field_module.step_size))
         if rays.alphas is not None and settings.alpha_weight > 0:  # the pictures say where the object is
             total = total + settings.alpha_weight * torch.mean((out.opacity - rays.alphas[picks]) ** 2)
         optimizer.zero_grad(set_to_none=True)

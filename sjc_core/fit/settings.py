@@ -16,6 +16,7 @@ class FitSettings:
     optimizer: Literal["adam", "adamax"] = "adam"
     lr_final_ratio: float = 0.1  # learning rate decays exponentially to lr * this ratio
     sparsity: float = 3e-4  # weight of mean over rays of sum_j log(1 + 10 w_j): clears fog
+    distortion: float = 0.01  # weight of mip-NeRF 360's distortion loss per ray (0: off): one surface, not a haze
     alpha_weight: float = 1.0  # pictures with alpha: weight of mean (opacity - alpha)^2 (0: alpha unused)
     batch_rays: int = 4096
     resolution: int | None = None
