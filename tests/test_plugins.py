@@ -24,6 +24,11 @@ BUILTINS = {
     "paas": ("estimators", "paas", "n_noise"),
     "sds": ("estimators", "sds", "weighting"),
     "ism": ("estimators", "ism", "interval"),
+    "mvdream": ("priors", "mvdream", "views"),
+    "gaussians": ("fields", "gaussians", "max_splats"),
+    "stable_diffusion": ("priors", "stable-diffusion", "lora"),
+    "zero123": ("priors", "zero123", "lora"),
+    "pixel": ("priors", "ffhq", "num_head_channels"),
 }
 
 
