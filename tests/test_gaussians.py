@@ -180,7 +180,7 @@ def test_densify_clones_splits_prunes_and_carries_adamax_moments() -> None:
     step_with_grads(splats, optimizer)  # the optimizer runs on the new sizes
 
 
-def test_densification_stops_at_the_cap_and_zero_splats_stop_with_one_line() -> None:
+def test_densification_stops_at_the_cap_and_zero_splats_stop_with_one_line(capsys) -> None:
     splats = field(init_splats=30, densify_start=1, densify_every=1, grad_threshold=0.0, max_splats=34,
                    prune_opacity=0.0)
     optimizer = Adamax(splats.param_groups(0.1), lr=0.1)
@@ -188,6 +188,9 @@ def test_densification_stops_at_the_cap_and_zero_splats_stop_with_one_line() -> 
         step_with_grads(splats, optimizer)
         splats.after_step(step, optimizer)
     assert splats.splat_count == 34
+    notes = [line for line in capsys.readouterr().err.splitlines() if "max_splats" in line]
+    assert notes == ["sjc: note: field.gaussians reached max_splats = 34 at step 1: splats are no longer added "
+                     "(pruning goes on); raise field.max_splats for more detail"]  # once, not at every pass
     doomed = field(init_splats=5, densify_start=1, densify_every=1, prune_opacity=0.5, init_opacity=0.1)
     optimizer = Adamax(doomed.param_groups(0.1), lr=0.1)
     with pytest.raises(SjcError, match=r"^field.gaussians: every splat was pruned at step 1 ") as caught:

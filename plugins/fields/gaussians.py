@@ -16,6 +16,7 @@ resumed run continues bit for bit).
 from __future__ import annotations
 
 import math
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -98,6 +99,7 @@ class GaussianField(nn.Module):
         backdrop = plain_backdrop(options.background_from_prior, ctx.backdrop, channels, activation)
         register_backdrop(self, backdrop, channels, "cpu")
         self._last_raster: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._cap_noted = False
 
     @property
     def splat_count(self) -> int:
@@ -216,6 +218,10 @@ class GaussianField(nn.Module):
                 reindex_state(optimizer, param, plan.keep, plan.added_count)
             self.grad_sum = torch.zeros_like(self.means[:, 0])
             self.grad_seen = torch.zeros_like(self.means[:, 0])
+        if plan.capped and not self._cap_noted:  # once a run: the cap now limits densification
+            self._cap_noted = True
+            print(f"sjc: note: field.gaussians reached max_splats = {o.max_splats} at step {step}: splats are "
+                  "no longer added (pruning goes on); raise field.max_splats for more detail", file=sys.stderr)
         if self.splat_count == 0:
             raise SjcError(
                 f"field.gaussians: every splat was pruned at step {step} (opacity below prune_opacity "

@@ -41,6 +41,7 @@ class DensityPlan:
     cloned: int
     split: int
     pruned: int
+    capped: bool = False  # max_splats held back candidates this pass
 
     @property
     def added_count(self) -> int:
@@ -67,7 +68,9 @@ def plan_pass(
     size = params["log_scales"].exp().amax(dim=-1)
     candidates = (average >= rules.grad_threshold) & (seen > 0)
     order = torch.argsort(average, descending=True, stable=True)
-    chosen = order[candidates[order]][: max(0, rules.max_splats - count)]  # the cap: largest gradients first
+    room = max(0, rules.max_splats - count)
+    wanted = order[candidates[order]]
+    chosen = wanted[:room]  # the cap: largest gradients first
     large = size[chosen] > rules.split_scale
     clone_ids, split_ids = chosen[~large].sort().values, chosen[large].sort().values
 
@@ -94,6 +97,7 @@ def plan_pass(
         cloned=int(clone_ids.numel()),
         split=int(split_ids.numel()),
         pruned=int(count - keep.numel() - split_ids.numel()),
+        capped=wanted.numel() > room,
     )
 
 
