@@ -13,7 +13,9 @@ import time
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import torch
 
+from sjc_core.files import pictures as files_pictures
 from sjc_core.runs.turntable import view_picture
 from sjc_core.viewer.page import ViewerPage
 
@@ -86,10 +88,6 @@ def with_target(picture: np.ndarray, prior: Any, estimator: Any) -> np.ndarray:
     target = target_of() if callable(target_of) else None
     if target is None:
         return picture
-    import torch
-
-    from sjc_core.files import pictures as files_pictures
-
     with torch.no_grad():
         rgb = files_pictures.to_uint8(prior.to_rgb(target[:1].float())[0])
     return files_pictures.side_by_side(picture, rgb)

@@ -16,12 +16,12 @@ from typing import Any, TextIO
 
 import numpy as np
 
-from sjc_core.errors import SjcError
 from sjc_core.files import locks
 from sjc_core.inputs import read_regular
 from sjc_core.recipes import toml_out
 from sjc_core.recipes.recipe import Recipe
 from sjc_core.runs.engine import LoadedRun, load_run
+from sjc_core.runs.folder import read_status
 from sjc_core.viewer.live import LiveFitObserver, LiveObserver
 from sjc_core.viewer.page import ViewerPage
 from sjc_core.viewer.server import start_server
@@ -82,12 +82,7 @@ def serve(page: ViewerPage, stop: Callable[[], bool] | None = None, tick: float 
 
 
 def _status_line(run: LoadedRun) -> str:
-    try:
-        status = json.loads(read_regular(run.folder.status, 1 << 20))
-    except (SjcError, OSError, ValueError):  # no or damaged status: the checkpoint still shows
-        status = {}
-    status = status if isinstance(status, dict) else {}
-    state = status.get("state", "unknown")
+    state = read_status(run.folder).get("state", "unknown")  # no or damaged status: the checkpoint still shows
     return f"{state} run, checkpoint of step {run.step} / {run.recipe.settings.steps}"
 
 
