@@ -313,7 +313,9 @@ def _train(
         print(f"stopped at once at step {stopped_at} (Ctrl-C twice), without a checkpoint; {what}. "
               f"Continue with: {hint}", file=stream)
         return RunSummary(folder.root, "interrupted", trainer_step_kept, time.perf_counter() - started, terms)
-    except (atomic.WriteError, OSError) as exc:  # a full disk, no permission...
+    except RunFailed:
+        raise  # its status is written
+    except (SjcError, OSError) as exc:  # a full disk, no permission, or a plugin that stopped the run
         close_bar()
         message = str(exc) if isinstance(exc, SjcError) else atomic.describe_os_error(exc)
         kept = read_checkpoint_step(folder.checkpoint)
@@ -323,20 +325,9 @@ def _train(
             except SjcError:
                 pass
         what = f"the last checkpoint (step {kept}) is kept" if kept is not None else "no checkpoint was written"
-        raise SjcError(f"{message}; the run stopped at step {trainer.step}, {what}; once that is fixed, "
-                       f"continue with: {hint}") from None
-    except RunFailed:
-        raise  # its status is written
-    except SjcError as exc:  # a plugin stopped the run (every splat pruned, ...): the folder says so
-        close_bar()
-        if running:
-            try:
-                status("failed", error=str(exc))
-            except SjcError:
-                pass
-        kept = read_checkpoint_step(folder.checkpoint)
-        what = f"the last checkpoint (step {kept}) is kept" if kept is not None else "no checkpoint was written"
-        raise SjcError(f"{exc}; the run stopped at step {trainer.step}, {what}") from None
+        fixable = isinstance(exc, (atomic.WriteError, OSError))  # the machine's problem: the same run can go on
+        after = f"; once that is fixed, continue with: {hint}" if fixable else ""
+        raise SjcError(f"{message}; the run stopped at step {trainer.step}, {what}{after}") from None
     finally:
         close_bar()
         if previous_handler is not None:
