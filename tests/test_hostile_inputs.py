@@ -156,6 +156,22 @@ def test_resume_with_linked_metrics_is_refused(trained, run_dir, user, monkeypat
     refused(cli(monkeypatch, capsys, "run", recipe, "--run-dir", run_dir, "--resume"), "metrics.jsonl", "symbolic link")
 
 
+def test_tensorboard_folder_linked_out_of_a_run_or_fit_folder_is_refused(trained, run_dir, user, tmp_path,
+                                                                          monkeypatch, capsys) -> None:
+    """TensorBoard's writer does not go through files/atomic: its folder is checked with the others."""
+    (run_dir / "tensorboard").symlink_to(user, target_is_directory=True)
+    recipe = trained.parent / "tiny.toml"
+    refused(cli(monkeypatch, capsys, "run", recipe, "--run-dir", run_dir, "--resume", "--tensorboard"),
+            f"{run_dir / 'tensorboard'}", "symbolic link")
+    out = tmp_path / "fit-out"
+    out.mkdir()
+    (out / "tensorboard").symlink_to(user, target_is_directory=True)
+    data = posed_set(tmp_path / "data", 4)
+    refused(cli(monkeypatch, capsys, "fit", data, "--out", out, "--tensorboard", "--steps", "2"),
+            f"{out / 'tensorboard'}", "symbolic link")
+    assert sorted(os.listdir(user)) == ["notes.txt"]
+
+
 def test_a_write_through_a_link_inside_a_held_folder_is_refused(tmp_path, user) -> None:
     from sjc_core.files import atomic
     from sjc_core.files.atomic import LinkRefused

@@ -10,6 +10,7 @@ from pathlib import Path
 from sjc_core.errors import SjcError
 from sjc_core.files import atomic, locks
 from sjc_core.inputs import MAX_STATE_BYTES, read_regular
+from sjc_core.runs.folder import TENSORBOARD
 
 FIT_FILES = ("metrics.json", "field.safetensors", "train_log.jsonl", "turntable.mp4", "turntable.gif")
 HELDOUT = "heldout"
@@ -29,7 +30,7 @@ def check_fit_folder(out_dir: Path, overwrite: bool, locked: bool = False) -> No
 
     choose = "choose another folder with --out"
     if out_dir.is_dir():  # no link where a fit writes or truncates: refused before anything is
-        atomic.refuse_links(out_dir, (locks.LOCK_NAME, *FIT_FILES, HELDOUT))
+        atomic.refuse_links(out_dir, (locks.LOCK_NAME, *FIT_FILES, HELDOUT, TENSORBOARD))
     if not locked and out_dir.is_dir():
         holder = locks.lock_holder(out_dir)
         if holder is not None:

@@ -90,10 +90,11 @@ class RunFolder:
 
 
 RUN_STATES = ("running", "interrupted", "failed", "finished")
+TENSORBOARD = "tensorboard"  # the event files' folder (--tensorboard), written by TensorBoard's own writer
 # What sjc writes in a run folder (paths relative to it): none of them may be a symbolic link
 RUN_ENTRIES = (
     locks.LOCK_NAME, "recipe.toml", "source.json", "status.json", "metrics.jsonl", "views",
-    "checkpoints/last.safetensors", "final", "render", "mesh",
+    "checkpoints/last.safetensors", "final", "render", "mesh", TENSORBOARD,
 )
 
 

@@ -13,15 +13,16 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from sjc_core.runs.folder import TENSORBOARD
+
 if TYPE_CHECKING:
     from sjc_core.training.trainer import StepResult, Trainer
 
-TENSORBOARD_FOLDER = "tensorboard"
 
 
 class TensorBoardObserver:
     def __init__(self, run_dir: Path) -> None:
-        self.log_dir = Path(run_dir) / TENSORBOARD_FOLDER
+        self.log_dir = Path(run_dir) / TENSORBOARD
         self._writer: Any = None
 
     def writer(self) -> Any:
