@@ -5,8 +5,8 @@ distance functions in numpy, for measuring sjc on data it did not draw itself.
 
 The suite of ``scripts/make_object_suite.py`` is rendered by sjc's own volume renderer, so a
 field can match it exactly. These objects differ the way real captures do: one ray through
-each pixel's centre (hard, aliased silhouettes; Blender's half-pixel convention, which sjc's
-intrinsics do not share), opaque surfaces, procedural "photographic" textures (marble, wood,
+each pixel's centre (hard, aliased silhouettes and textures; pixel centres at +0.5 as in
+Blender, the same rays as sjc's intrinsics give, checked to 1e-15 in tests), opaque surfaces, procedural "photographic" textures (marble, wood,
 granite noise), Lambert shading, and RGBA pictures on a transparent background or pictures
 on an opaque mid-grey or dark backdrop. Cameras are drawn over the upper hemisphere, and for
 one object below the equator too; one object has a thin part (a lamp's pole).
