@@ -89,6 +89,9 @@ def run_arm(arm: str, prior_data: Path, reference: dict[str, Any], checkpoints: 
 
     steps = max(checkpoints)
     overrides = [f"prior.images={json.dumps(str(prior_data))}", f"steps={steps}", 'device="cpu"', f"seed={args.seed}"]
+    # The stand-in scores a render with the *other* views near its camera: the demo recipe's 5-degree
+    # kernel (its own picture at 0 degrees) would leave it none, so the 20 degrees it was measured with.
+    overrides.append("prior.kernel_width_deg=20")
     if arm != "prior only":
         overrides += [f"losses.reference-view.{key}={json.dumps(value)}" for key, value in reference.items()]
         overrides += [f"losses.reference-view.{item}" for item in args.loss_set or []]
