@@ -76,7 +76,11 @@ def sjc_heldout_psnr(parts, test) -> float:
     return psnr_pooled(errors)
 
 
-FIELD_RECIPES = {"voxel": ROOT / "recipes" / "demo.toml", "gaussians": ROOT / "recipes" / "demo-gaussians.toml"}
+FIELD_RECIPES = {
+    "voxel": ROOT / "recipes" / "demo.toml",
+    "gaussians": ROOT / "recipes" / "demo-gaussians.toml",
+    "hashgrid": ROOT / "recipes" / "demo-hashgrid.toml",
+}
 
 
 def fit_overrides(pairs: list[str] | None) -> dict[str, Any]:
@@ -212,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fit-set", action="append", help="FitSettings override KEY=VALUE for the fits, e.g. distortion=0.01 (repeatable)")
     parser.add_argument("--sjc-steps", nargs="*", type=int, default=[500, 1000, 2000], help="SJC held-out PSNR at these steps of one run")
     parser.add_argument("--field", choices=sorted(FIELD_RECIPES), default="voxel",
-                        help="the field of the SJC runs: picks the default --recipe (voxel: demo.toml, gaussians: demo-gaussians.toml)")
+                        help="the field of the SJC runs: picks the default --recipe (voxel: demo.toml, gaussians: demo-gaussians.toml, hashgrid: demo-hashgrid.toml)")
     parser.add_argument("--recipe", type=Path, default=None, help="the SJC recipe (default: the --field's demo recipe)")
     parser.add_argument("--set", action="append", help="recipe override KEY=VALUE for the SJC runs (repeatable)")
     parser.add_argument("--out", type=Path, default=None, help="scratch folder for the runs (default: a temporary one)")

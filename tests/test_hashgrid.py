@@ -506,3 +506,18 @@ def test_short_sjc_run_with_hashgrid(tmp_path, sample_images, run_sjc):
     # the checkpoint rebuilds the field: `sjc render` re-renders from it
     code, out, err = run_sjc("render", str(run_dir), "--frames", "2", env=one_thread)
     assert code == 0, err[-3000:]
+
+
+def test_the_hashgrid_demo_recipe_is_the_demo_on_a_hash_grid() -> None:
+    """recipes/demo-hashgrid.toml differs from recipes/demo.toml in the field and its learning rate only."""
+    from pathlib import Path
+
+    from sjc_core.recipes.recipe import load_recipe
+
+    registry = load_registry()
+    recipes = Path(__file__).resolve().parents[1] / "recipes"
+    hashed, voxel = (load_recipe(recipes / f"{name}.toml", registry) for name in ("demo-hashgrid", "demo"))
+    assert hashed.field.info.name == "hashgrid" and hashed.settings.name == "demo-hashgrid"
+    assert hashed.prior.options == voxel.prior.options and hashed.settings.steps == voxel.settings.steps
+    assert hashed.settings.camera == voxel.settings.camera and hashed.settings.paas == voxel.settings.paas
+    assert [c.options for c in hashed.losses] == [c.options for c in voxel.losses]

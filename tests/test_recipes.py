@@ -62,7 +62,7 @@ README = [
 ]
 
 UNCONDITIONAL = {"ffhq": "ffhq", "lsun-bedroom": "lsun-bedroom"}  # recipe slug -> prior plugin
-OTHERS = {"demo", "image-to-3d", "demo-gaussians", "rose-gaussians"}  # the last two: tests/test_gaussians.py
+OTHERS = {"demo", "image-to-3d", "demo-gaussians", "rose-gaussians", "demo-hashgrid"}  # tests/test_gaussians.py, test_hashgrid.py
 MVDREAM = {"mvdream-duck": "duck", "mvdream-burger": "burger", "mvdream-icecream": "icecream"}  # slug -> its SD recipe
 
 
