@@ -509,7 +509,7 @@ def test_short_sjc_run_with_hashgrid(tmp_path, sample_images, run_sjc):
 
 
 def test_the_hashgrid_demo_recipe_is_the_demo_on_a_hash_grid() -> None:
-    """recipes/demo-hashgrid.toml differs from recipes/demo.toml in the field and its learning rate only."""
+    """recipes/demo-hashgrid.toml is recipes/demo.toml on a hash grid (its own learning rate and sigma range)."""
     from pathlib import Path
 
     from sjc_core.recipes.recipe import load_recipe
@@ -519,5 +519,5 @@ def test_the_hashgrid_demo_recipe_is_the_demo_on_a_hash_grid() -> None:
     hashed, voxel = (load_recipe(recipes / f"{name}.toml", registry) for name in ("demo-hashgrid", "demo"))
     assert hashed.field.info.name == "hashgrid" and hashed.settings.name == "demo-hashgrid"
     assert hashed.prior.options == voxel.prior.options and hashed.settings.steps == voxel.settings.steps
-    assert hashed.settings.camera == voxel.settings.camera and hashed.settings.paas == voxel.settings.paas
+    assert hashed.settings.camera == voxel.settings.camera and hashed.settings.paas.schedule == voxel.settings.paas.schedule
     assert [c.options for c in hashed.losses] == [c.options for c in voxel.losses]
