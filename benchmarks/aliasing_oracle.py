@@ -27,8 +27,10 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import make_independent_suite as drawn  # a script, not a package: found through sys.path
+from object_suite import psnr_pooled  # the suite benchmark's own pooling
 
 SUPERSAMPLE = 4
 
@@ -38,10 +40,6 @@ def on_white(rgba: np.ndarray) -> np.ndarray:
     if rgba.shape[-1] == 4:
         return rgba[..., :3] * rgba[..., 3:] + (1.0 - rgba[..., 3:])
     return rgba[..., :3]
-
-
-def pooled_psnr(errors: list[float]) -> float:
-    return -10.0 * math.log10(float(np.mean(errors)))
 
 
 def oracle(name: str, suite: Path) -> dict[str, float]:
@@ -59,7 +57,7 @@ def oracle(name: str, suite: Path) -> dict[str, float]:
         target = on_white(stored)
         whole.append(float(np.mean((on_white(cells.mean(axis=(1, 3))) - target) ** 2)))
         half.append(float(np.mean((on_white(cells[:, middle, :, middle].mean(axis=(1, 3))) - target) ** 2)))
-    return {"pixel_average_db": round(pooled_psnr(whole), 2), "half_pixel_average_db": round(pooled_psnr(half), 2)}
+    return {"pixel_average_db": round(psnr_pooled(whole), 2), "half_pixel_average_db": round(psnr_pooled(half), 2)}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -6,8 +6,8 @@ distance functions in numpy, for measuring sjc on data it did not draw itself.
 The suite of ``scripts/make_object_suite.py`` is rendered by sjc's own volume renderer, so a
 field can match it exactly. These objects differ the way real captures do: one ray through
 each pixel's centre (hard, aliased silhouettes and textures; pixel centres at +0.5 as in
-Blender, the same rays as sjc's intrinsics give, checked to 1e-15 in tests), opaque surfaces, procedural "photographic" textures (marble, wood,
-granite noise), Lambert shading, and RGBA pictures on a transparent background or pictures
+Blender: the same rays as sjc's intrinsics give, checked in tests), opaque surfaces,
+procedural "photographic" textures (marble, wood, granite noise), Lambert shading, and RGBA pictures on a transparent background or pictures
 on an opaque mid-grey or dark backdrop. Cameras are drawn over the upper hemisphere, and for
 one object below the equator too; one object has a thin part (a lamp's pole).
 
@@ -176,13 +176,18 @@ def look_from(eye: np.ndarray) -> np.ndarray:
     return pose
 
 
-def trace(obj: IndependentObject, pose: np.ndarray, size: int, fov_deg: float) -> np.ndarray:
-    """One ray through each pixel centre; RGBA float [size, size, 4]."""
+def pixel_rays(pose: np.ndarray, size: int, fov_deg: float) -> np.ndarray:
+    """Unit directions [size*size, 3], row-major, of one ray through each pixel centre (+0.5)."""
     focal = 0.5 * size / math.tan(math.radians(fov_deg) / 2)
     cols, rows = np.meshgrid(np.arange(size) + 0.5, np.arange(size) + 0.5)
     dirs = np.stack([(cols - size / 2) / focal, -(rows - size / 2) / focal, -np.ones_like(cols)], -1).reshape(-1, 3)
     dirs = dirs @ pose[:3, :3].T
-    dirs /= np.linalg.norm(dirs, axis=1, keepdims=True)
+    return dirs / np.linalg.norm(dirs, axis=1, keepdims=True)
+
+
+def trace(obj: IndependentObject, pose: np.ndarray, size: int, fov_deg: float) -> np.ndarray:
+    """One ray through each pixel centre; RGBA float [size, size, 4]."""
+    dirs = pixel_rays(pose, size, fov_deg)
     origin = pose[:3, 3]
     t = np.zeros(len(dirs))
     hit = np.zeros(len(dirs), dtype=bool)

@@ -19,7 +19,6 @@ if TYPE_CHECKING:
     from sjc_core.training.trainer import StepResult, Trainer
 
 
-
 class TensorBoardObserver:
     def __init__(self, run_dir: Path) -> None:
         self.log_dir = Path(run_dir) / TENSORBOARD
