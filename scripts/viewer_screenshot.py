@@ -54,20 +54,38 @@ def stop(process: subprocess.Popen) -> None:
             process.kill()
 
 
-def screenshot(url: str, png: Path, size: tuple[int, int] = (1200, 800), budget_ms: int = 15000) -> Path:
-    """Chromium's screenshot of ``url`` after ``budget_ms`` of virtual time."""
+def _chromium_once(command: list[str], timeout: float) -> bool:
+    """Run Chromium once; False when it hung past ``timeout`` (its whole process group is killed).
+
+    Headless Chromium on a loaded machine now and then never lets its virtual-time budget
+    run out; killing only the parent would leave its renderer and GPU processes behind.
+    """
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               env={**os.environ, "LANG": "C"}, start_new_session=True)
+    try:
+        process.wait(timeout=timeout)
+        return True
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+        return False
+
+
+def screenshot(url: str, png: Path, size: tuple[int, int] = (1200, 800), budget_ms: int = 15000,
+               attempts: int = 3, timeout: float = 90.0) -> Path:
+    """Chromium's screenshot of ``url`` after ``budget_ms`` of virtual time (a hung start is retried)."""
     png.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory() as profile:
-        command = [
-            str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-            "--disable-background-networking", "--disable-component-update", "--disable-sync",
-            f"--user-data-dir={profile}", f"--screenshot={png}", f"--window-size={size[0]},{size[1]}",
-            f"--virtual-time-budget={budget_ms}", url,
-        ]
-        subprocess.run(command, capture_output=True, timeout=180, env={**os.environ, "LANG": "C"}, check=False)
-    if not png.is_file():
-        raise RuntimeError(f"chromium wrote no screenshot of {url}")
-    return png
+    for _ in range(attempts):
+        with tempfile.TemporaryDirectory() as profile:
+            command = [
+                str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--use-angle=swiftshader", "--enable-unsafe-swiftshader", "--disable-quic", "--no-first-run",
+                "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                f"--user-data-dir={profile}", f"--screenshot={png}", f"--window-size={size[0]},{size[1]}",
+                f"--virtual-time-budget={budget_ms}", url,
+            ]
+            if _chromium_once(command, timeout) and png.is_file():
+                return png
+    raise RuntimeError(f"chromium wrote no screenshot of {url} in {attempts} tries of {timeout:g} s")
 
 
 def shoot_run(run_dir: Path, png: Path, budget_ms: int = 15000) -> Path:
