@@ -64,12 +64,16 @@ def build_field(name: str, backdrop: tuple[float, ...] | None, **options: object
     return info.factory(model, ctx)
 
 
-@pytest.mark.parametrize("name", ["voxel", "hashgrid"])
+@pytest.mark.parametrize("name", ["voxel", "hashgrid", "gaussians"])
 @pytest.mark.parametrize("colour", [WHITE, DARK])
-def test_fields_start_their_background_at_the_backdrop(name: str, colour: tuple[float, float, float]) -> None:
+@pytest.mark.parametrize("init_features", [0.0, 1.0])
+def test_fields_start_their_background_at_the_backdrop(name: str, colour: tuple[float, float, float],
+                                                       init_features: float) -> None:
+    """Also with the reference's random draw (init_features = 1): the texture on top starts at zero."""
     value = tuple(2 * c - 1 for c in colour)
-    field = build_field(name, value, init_features=0.0)  # no random draw around the backdrop
-    grey = build_field(name, None, init_features=0.0)
+    options = {} if name == "gaussians" else {"init_features": init_features}
+    field = build_field(name, value, **options)
+    grey = build_field(name, None, **options)
     with torch.no_grad():
         background = field.background(DIRECTIONS)
         points = torch.rand(300, 3, generator=torch.Generator().manual_seed(2)) * 1.2 - 0.6

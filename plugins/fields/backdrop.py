@@ -11,7 +11,7 @@ slowly (on the object suite's white-background molecule, 12 dB against 27 dB hel
 500 steps).
 
 The background is ``activate(base + texture)``: the texture (the reference's, zero-padded at
-its edges) learns as before, ``base`` is the backdrop's raw value (a buffer, not learnt; it is
+its edges, starting at zero) learns as before, ``base`` is the backdrop's raw value (a buffer, not learnt; it is
 derived again from the prior whenever the field is built, so it is not in checkpoints).
 """
 
@@ -52,10 +52,20 @@ def plain_backdrop(
 def register_backdrop(
     field: torch.nn.Module, backdrop: Backdrop | None, channels: int, device: torch.device | str
 ) -> None:
-    """Give ``field`` the ``bg_base`` buffer (zeros without a backdrop: the reference's background)."""
+    """Give ``field`` the ``bg_base`` buffer (zeros without a backdrop: the reference's background).
+
+    With a backdrop the texture starts at zero, whatever the field drew for it: a random
+    texture on top (the reference's N(0, 1) draw) would paint coloured blotches over the
+    backdrop that its small learning rate never removes, and the score would then fill the
+    space in front of them with haze (the hash grid stalled near 25 dB on the object suite so).
+    """
     base = torch.zeros(channels) if backdrop is None else backdrop.background
     field.register_buffer("bg_base", base.to(device), persistent=False)
     field.has_backdrop = backdrop is not None
+    texture = getattr(field, "bg", None)
+    if backdrop is not None and texture is not None:
+        with torch.no_grad():
+            texture.zero_()
 
 
 def backdrop_background(field: torch.nn.Module, directions: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

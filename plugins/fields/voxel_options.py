@@ -88,7 +88,7 @@ class VoxelOptions(BaseModel):
         1.0,
         ge=0,
         le=1000,
-        description="std of the normal draw for initial features and background (the reference: 1; at most 1000)",
+        description="std of the normal draw for initial features and background texture (the reference: 1; at most 1000; the texture starts at zero over a plain backdrop from the prior)",
     )
     bg_lr: Float = BG_LR
     background_from_prior: Flag = BACKGROUND_FROM_PRIOR
