@@ -154,7 +154,8 @@ class Field(Protocol):
     the parameter set, having carried the optimizer's state along (see
     :func:`sjc_core.training.optim.reindex_state`). Optional ``resize_for_state(state)`` is
     called before a checkpoint's state is loaded, so parameters whose size changes during
-    training take the checkpoint's sizes; optional ``export_files(folder) -> dict[str, str]``
+    training take the checkpoint's sizes (and a field may add to ``state`` what checkpoints
+    written before it existed lack, such as the hash grid's occupancy record); optional ``export_files(folder) -> dict[str, str]``
     writes extra files into a finished run's ``final/`` (the splats' ``.ply``).
     """
 

@@ -36,7 +36,8 @@ bg_texture_size = 2
 """
 
 
-def write_recipe(tmp_path: Path, steps: int = 10) -> Path:
+def write_recipe(tmp_path: Path, steps: int = 10, field: str = FIELD) -> Path:
+    """A short run on the empirical prior, checkpointing every 2 steps (``field``: its [field] table)."""
     images = make_images(tmp_path / "images")
     recipe = tmp_path / "splats.toml"
     recipe.write_text(
@@ -54,7 +55,7 @@ output = "{(tmp_path / 'runs').as_posix()}"
 name = "empirical"
 images = "{images.name}"
 resolution = 16
-{FIELD}
+{field}
 [[losses]]
 name = "emptiness"
 weight = 10.0

@@ -34,6 +34,7 @@ from sjc_plugins.fields.hashgrid_options import (  # noqa: F401 (re-exported: th
     Backend,
     HashGridOptions,
 )
+from sjc_plugins.fields.occupancy import OccupancyGrid
 from sjc_plugins.fields.voxel import (  # same activations, sizes, background as the voxel field
     activate,
     grid_xyz,
@@ -175,6 +176,12 @@ class HashGridField(nn.Module):
         self.activation = activation
         backdrop = plain_backdrop(options.background_from_prior, ctx.backdrop, channels, activation)
         register_backdrop(self, backdrop, channels, "cpu")
+        self.occupancy: OccupancyGrid | None = None
+        if options.occupancy_resolution > 0:
+            self.occupancy = OccupancyGrid(
+                options.occupancy_resolution, self.aabb, self.step_size, options.occupancy_threshold,
+                options.occupancy_every, options.occupancy_warmup, seed=ctx.seed,
+            )
 
     def encode(self, points: torch.Tensor) -> torch.Tensor:
         """Hash features [N, L*F] of world points [N, 3] (normalised to [0, 1] inside the box)."""
@@ -191,9 +198,29 @@ class HashGridField(nn.Module):
     def _features(self, hidden: torch.Tensor) -> torch.Tensor:
         return activate(self.feature_out(hidden), self.activation)
 
+    def _occupied(self, points: torch.Tensor) -> torch.Tensor | None:
+        """Bool [N] from the occupancy grid, or None without one."""
+        return None if self.occupancy is None else self.occupancy.occupied(points)
+
     # ---- Field contract
     def density(self, points: torch.Tensor) -> torch.Tensor:
-        return self._sigma(self.hidden(points))
+        """Density at world points, 0 in cells the occupancy grid records as empty."""
+        sigma = self._sigma(self.hidden(points))
+        occupied = self._occupied(points)
+        return sigma if occupied is None else sigma * occupied
+
+    def resize_for_state(self, state: dict[str, torch.Tensor]) -> None:
+        """Before a checkpoint loads: one written before the occupancy grid existed lacks its
+        record; it resumes with an empty, inactive record (refilled at the next refresh)."""
+        if self.occupancy is not None and not any(key.startswith("occupancy.") for key in state):
+            for key, value in self.occupancy.state_dict().items():
+                state[f"occupancy.{key}"] = torch.zeros_like(value)
+
+    def after_step(self, step: int, optimizer: torch.optim.Optimizer) -> bool:
+        """Refresh the occupancy grid on its schedule; the parameters never change here."""
+        if self.occupancy is not None:
+            self.occupancy.refresh(step, lambda points: self._sigma(self.hidden(points)))
+        return False
 
     def features(self, points: torch.Tensor) -> torch.Tensor:
         return self._features(self.hidden(points))
@@ -224,23 +251,33 @@ class HashGridField(nn.Module):
         """
         n, k = bundle.n, bundle.k
         if not bundle.compact:  # every sample, masked: no shape depends on the data
-            hidden = self.hidden(bundle.dense_points())
-            sigma = (self._sigma(hidden) * bundle.inbox.reshape(-1)).view(n, k)
+            dense_points = bundle.dense_points()
+            hidden = self.hidden(dense_points)
+            mask = bundle.inbox.reshape(-1)
+            occupied = self._occupied(dense_points)
+            if occupied is not None:
+                mask = mask & occupied
+            sigma = (self._sigma(hidden) * mask).view(n, k)
             w = VolumeWeights.apply(sigma, bundle.step)
             keep = (w.detach() > self.weight_threshold).reshape(-1, 1)
             feats = torch.where(keep, self._features(hidden), torch.zeros((), device=hidden.device))
             return torch.bmm(w[:, None, :], feats.view(n, k, self.channels)).squeeze(1), w
         # On CPU, chunks keep every temporary small: tensors of tens of MB are fresh
         # page-faulted memory on each allocation, which costs more than the arithmetic.
-        points = bundle.points()
+        points, positions, row_pointer = bundle.points(), bundle.positions, bundle.row_pointer
+        occupied = self._occupied(points)
+        if occupied is not None:  # only samples in occupied cells are encoded at all
+            points, positions = points[occupied], positions[occupied]
+            flags = torch.zeros(n * k, dtype=torch.int64, device=positions.device).index_fill_(0, positions, 1)
+            row_pointer = torch.cat([flags.new_zeros(1), flags.cumsum(0)])
         size = SAMPLE_CHUNK
         hidden = [self.hidden(chunk) for chunk in points.split(size)] or [self.hidden(points)]
         sigma_in = torch.cat([self._sigma(h) for h in hidden])
         sigma = torch.zeros(n * k, dtype=sigma_in.dtype, device=sigma_in.device)
-        sigma = sigma.index_put((bundle.positions,), sigma_in).view(n, k)
+        sigma = sigma.index_put((positions,), sigma_in).view(n, k)
         w = VolumeWeights.apply(sigma, bundle.step)
         keep_pos = (w.detach() > self.weight_threshold).view(-1).nonzero().squeeze(1)
-        compact = bundle.row_pointer[:-1][keep_pos]  # ascending
+        compact = row_pointer[:-1][keep_pos]  # ascending
         bounds = torch.searchsorted(compact, torch.arange(0, len(hidden) + 1, device=compact.device) * size).tolist()
         feats = torch.cat(
             [self._features(h[compact[a:b] - i * size]) for i, (h, a, b) in enumerate(zip(hidden, bounds, bounds[1:]))]
@@ -253,7 +290,8 @@ class HashGridField(nn.Module):
         s = self.spec
         return (
             f"backend={self.backend}, levels={s.levels}, features={s.features}, log2_T={s.log2_table_size}, "
-            f"resolution={s.base_resolution}..{s.max_resolution}, step={self.step_size:g}, activation={self.activation}"
+            f"resolution={s.base_resolution}..{s.max_resolution}, step={self.step_size:g}, activation={self.activation}, "
+            f"occupancy={self.occupancy.resolution if self.occupancy is not None else 0}"
         )
 
 

@@ -73,7 +73,7 @@ class HashGridOptions(BaseModel):
         0.0, ge=-1000, le=1000, description="initial raw density everywhere (the density head's output bias; -1000..1000)"
     )
     init_features: Float = Field(
-        1.0, ge=0, le=1000, description="std of the normal draw for the initial background (features start near 0)"
+        1.0, ge=0, le=1000, description="std of the normal draw for the initial background texture (features start near 0; zero over a plain backdrop from the prior)"
     )
     bg_lr: Float = BG_LR
     background_from_prior: Flag = BACKGROUND_FROM_PRIOR
@@ -102,6 +102,20 @@ class HashGridOptions(BaseModel):
     )
     mlp_lr_scale: Float = Field(
         1.0, gt=0, le=1e6, description="learning rate of the MLP = lr * this (the table uses lr; at most 1e6)"
+    )
+
+    # Occupancy grid (instant-NGP): samples in cells recorded as empty are skipped.
+    occupancy_resolution: Int = Field(
+        64, ge=0, le=512,
+        description="cells per axis of the occupancy grid: samples in cells whose density stays below "
+        "occupancy_threshold are skipped (0: none, every in-box sample is encoded; at most 512)",
+    )
+    occupancy_threshold: Float = Field(
+        0.01, gt=0, lt=1, description="a cell is empty while one ray step through it would be less opaque than this (0..1)"
+    )
+    occupancy_every: Int = Field(16, ge=1, le=100000, description="steps between refreshes of the occupancy record")
+    occupancy_warmup: Int = Field(
+        100, ge=0, le=1000000, description="steps before the occupancy grid skips anything (the object forms first)"
     )
 
     @field_validator("grid_size", mode="before")
