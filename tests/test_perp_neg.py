@@ -117,7 +117,11 @@ def test_perp_neg_equals_the_published_formulas(perp, azimuth: float) -> None:
     sigma = 0.8
     got = perp.denoise(x, sigma, perp.condition(View(label="front", azimuth_deg=azimuth)))
     expected = published_denoised(perp, x, sigma, signed_azimuth(azimuth))
-    torch.testing.assert_close(got, expected, rtol=2e-5, atol=2e-5)
+    # float32 round-off: the two run the UNet on differently composed batches, and CPU
+    # convolution kernels round per batch layout (up to 4.8e-5 on 0.5 % of the entries on an
+    # AMD EPYC, below 2e-5 on the machines of earlier CI runs): 1e-4 is still round-off for
+    # denoised values of order 1
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
 
 
 def test_weights_follow_the_published_schedule() -> None:
