@@ -1,12 +1,13 @@
 """An occupancy grid for neural fields: a coarse record of where the density is, so that
 samples in empty cells are skipped (instant-NGP's and nerfacc's occupancy grid).
 
-Why a neural field needs it and a voxel grid does not: a voxel's density changes only
-where a ray's gradient reaches it, but a hash grid's density anywhere comes from table
-entries and MLP weights shared with the rest of the box, so free space keeps a faint,
-coloured haze that no single view's gradient clears. With the grid, a sample in a cell
-whose recorded density is below the threshold has density 0: the haze goes, and the
-encoding and MLP run only on the samples that can matter (fewer samples, faster steps).
+Why a neural field needs it and a voxel grid does not: a voxel grid's cost per sample is
+a trilinear lookup, but a hash grid runs every in-box sample through the encoding and an
+MLP, and its density anywhere comes from table entries and weights shared with the rest of
+the box, so no part of it is ever exactly empty. With the grid, a sample in a cell whose
+recorded density is below the threshold has density 0, and the encoding and MLP run only
+on the samples that can matter (on the object suite's chair: a CPU step 3.65 -> 0.66 s at
+the same held-out PSNR).
 
 The record is ``max(decay * record, density at one jittered point per cell)``, refreshed
 every ``every`` steps; it is only applied from ``warmup`` steps on, so the object can
@@ -71,7 +72,3 @@ class OccupancyGrid(nn.Module):
             self.record.copy_(torch.maximum(self.record * self.decay, fresh.to(self.record.dtype)))
             if step >= self.warmup:
                 self.active.fill_(True)
-
-    def occupied_fraction(self) -> float:
-        """Share of occupied cells (a host read: for reports, not for the training step)."""
-        return float((self.record >= self.min_density).float().mean())
